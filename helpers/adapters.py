@@ -1,0 +1,83 @@
+"""Saved adapters: reload onto a base, merge into it, and keep several on one base to switch between."""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel
+
+from .data import pad_batch
+from .models import bnb_config, load_model
+
+
+class MergeError(RuntimeError):
+    pass
+
+
+def base_for(lab, record: dict) -> torch.nn.Module:
+    """The base a record's adapter was trained on: 4-bit NF4 for QLoRA, full precision otherwise."""
+    quant = record.get("quantization")
+    config = None
+    if quant:
+        config = bnb_config(quant["quant_type"], quant["double_quant"], lab.env.precision.dtype)
+    return load_model(record["model"]["preset"], lab.env.device, lab.env.precision, config)
+
+
+def reload(lab, record: dict, base: torch.nn.Module | None = None) -> PeftModel:
+    """Base + the adapter saved by a run; evaluates to the loss measured at the end of training."""
+    if record["lora"] is None:
+        raise ValueError(f"{record['run_id']} is a full fine-tune: its artifact is a whole model, not an adapter.")
+    base = base if base is not None else base_for(lab, record)
+    return PeftModel.from_pretrained(base, record["artifact"]["path"], adapter_name=record["run_id"])
+
+
+def load_several(lab, records: list[dict]) -> PeftModel:
+    """Several adapters on one copy of the base weights; `model.set_adapter(run_id)` picks the active one."""
+    if len({bool(r.get("quantization")) for r in records}) > 1:
+        raise ValueError("Adapters for a 4-bit base and a full-precision base cannot share one base model.")
+    first, *rest = records
+    model = reload(lab, first)
+    for record in rest:
+        model.load_adapter(record["artifact"]["path"], adapter_name=record["run_id"])
+    return model
+
+
+def merge(model: PeftModel) -> torch.nn.Module:
+    """Fold the adapter into the base weights (W + (alpha/r) B A): a plain model, no adapter overhead.
+
+    Refused on a 4-bit base: the merged weight would be rounded back to NF4, losing most of the update.
+    """
+    if getattr(model.get_base_model(), "is_loaded_in_4bit", False):
+        raise MergeError("This adapter sits on a 4-bit base; merging in place would round W + BA back to NF4 and "
+                         "lose the update. Use helpers.adapters.merge_dequantized(lab, record): it dequantizes the "
+                         "NF4 weights the adapter was trained against to full precision, then merges.")
+    return model.merge_and_unload()
+
+
+def merge_dequantized(lab, record: dict) -> torch.nn.Module:
+    """A QLoRA adapter merged into its own base, dequantized: the weights it was trained against, in fp32.
+
+    Not the original fp32 checkpoint: the adapter learned to correct the 4-bit weights, not those.
+    """
+    base = base_for(lab, record)
+    if getattr(base, "is_loaded_in_4bit", False):
+        base = base.dequantize()
+    return PeftModel.from_pretrained(base, record["artifact"]["path"]).merge_and_unload()
+
+
+@torch.no_grad()
+def max_logit_difference(a: torch.nn.Module, b: torch.nn.Module, examples: list[dict], pad_id: int) -> float:
+    """Largest absolute logit gap between two models over real (non-pad) positions."""
+    batch = pad_batch(examples, pad_id)
+    device = next(a.parameters()).device
+    mask = batch["attention_mask"].bool().to(device)
+    la = a.eval()(input_ids=batch["input_ids"].to(device), attention_mask=mask.long(), use_cache=False).logits
+    lb = b.eval()(input_ids=batch["input_ids"].to(device), attention_mask=mask.long(), use_cache=False).logits
+    return float((la - lb).abs()[mask].max())
+
+
+
+def parameter_check(records: list[dict]) -> list[dict]:
+    """Trainable parameters counted from the spec (r * (in + out) per target) next to PEFT's own count."""
+    return [{"run": r["run_id"], "r": r["lora"]["r"], "from the spec": r["params"]["expected_trainable"],
+             "PEFT get_nb_trainable_parameters": r["params"]["trainable"],
+             "agree": r["params"]["expected_trainable"] == r["params"]["trainable"]} for r in records if r["lora"]]

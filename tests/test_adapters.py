@@ -1,0 +1,105 @@
+"""Saved adapters on the real bundled model (smoke budget): reload, merge, switch, count, skip."""
+
+import time
+
+import pytest
+import torch
+
+import helpers
+from helpers import adapters
+from helpers.results import read
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    lab = helpers.Lab("smoke", results=tmp_path_factory.mktemp("results"), max_steps=3)
+    records = {spec.run_id: lab.run(spec) for spec in (helpers.lora(8), helpers.lora(16), helpers.qlora())}
+    return lab, records
+
+
+def probe(lab):
+    return lab.data.eval.select(range(3)).to_list()
+
+
+def test_reload_gives_the_end_of_training_loss(trained):
+    lab, records = trained
+    for run_id in ("lora-r8", "qlora"):
+        loss = lab.evaluate(adapters.reload(lab, records[run_id]))["loss"]
+        assert loss == pytest.approx(records[run_id]["eval"]["loss_after"], abs=1e-5)
+    # and training moved it: otherwise the equality above proves nothing
+    assert records["lora-r8"]["eval"]["loss_after"] != pytest.approx(records["lora-r8"]["eval"]["loss_before"], abs=1e-4)
+
+
+def test_merge_keeps_the_logits(trained):
+    lab, records = trained
+    with_adapter = adapters.reload(lab, records["lora-r16"])
+    merged = adapters.merge(adapters.reload(lab, records["lora-r16"]))
+    assert not isinstance(merged, adapters.PeftModel)
+    gap = adapters.max_logit_difference(with_adapter, merged, probe(lab), lab.tokenizer.pad_token_id)
+    assert gap < 1e-4  # fp32: W + s*B@A computed once vs per call differs only by rounding
+
+
+def test_merge_into_a_4bit_base_is_refused_with_the_way_out(trained):
+    lab, records = trained
+    with pytest.raises(adapters.MergeError, match="merge_dequantized"):
+        adapters.merge(adapters.reload(lab, records["qlora"]))
+    merged = adapters.merge_dequantized(lab, records["qlora"])
+    assert not getattr(merged, "is_loaded_in_4bit", False)
+    # Same weights the adapter was trained against, now fp32. bitsandbytes' CPU 4-bit matmul computes in
+    # bf16, so the merged fp32 model agrees to bf16 rounding (~1%), not to float32 rounding.
+    after = lab.evaluate(merged)["perplexity"]
+    assert after == pytest.approx(records["qlora"]["eval"]["perplexity_after"], rel=0.03)
+
+
+def test_switching_adapters_changes_the_output(trained):
+    lab, records = trained
+    several = adapters.load_several(lab, [records["lora-r8"], records["lora-r16"]])
+    batch = helpers.data.pad_batch(probe(lab), lab.tokenizer.pad_token_id)
+    logits = {}
+    with torch.no_grad():
+        for run_id in ("lora-r8", "lora-r16"):
+            several.set_adapter(run_id)
+            logits[run_id] = several(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert (logits["lora-r8"] - logits["lora-r16"]).abs().max() > 1e-3
+    # each switched-to adapter is exactly that adapter alone
+    alone = adapters.reload(lab, records["lora-r16"])
+    with torch.no_grad():
+        single = alone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(single, logits["lora-r16"], atol=1e-5)
+    several.set_adapter("lora-r8")
+    assert isinstance(lab.generate(several)[0], str)
+
+
+def test_trainable_counts_follow_the_rank_and_match_peft(trained):
+    _, records = trained
+    counts = {r: records[r]["params"]["trainable"] for r in ("lora-r8", "lora-r16")}
+    assert counts["lora-r16"] == 2 * counts["lora-r8"]  # r * (in + out) is linear in r
+    for row in adapters.parameter_check(list(records.values())):
+        assert row["agree"], row
+    # SmolLM2-135M: 30 layers x r x sum(in + out) over q,k,v,o,gate,up,down
+    per_layer = (576 + 576) + (576 + 192) * 2 + (576 + 576) + (576 + 1536) * 3
+    assert counts["lora-r8"] == 30 * 8 * per_layer
+    assert records["qlora"]["params"]["trainable"] == counts["lora-r16"]
+    quant = records["qlora"]["quantization"]
+    assert {k: quant[k] for k in ("bits", "quant_type", "double_quant", "compute_dtype")} == {
+        "bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    assert quant["cpu_kernel_dtype"] in ("bfloat16", "float32")
+
+
+def test_same_budget_and_data_for_every_method(trained):
+    _, records = trained
+    for key in ("tokens", "steps"):
+        assert len({r["training"][key] for r in records.values()}) == 1, key
+    assert len({r["data"]["fingerprint"] for r in records.values()}) == 1
+    assert len({r["eval"]["tokens"] for r in records.values()}) == 1
+
+
+def test_a_finished_run_is_skipped_and_a_changed_one_is_not(trained, capsys):
+    lab, records = trained
+    start = time.perf_counter()
+    again = lab.run(helpers.lora(8))
+    assert time.perf_counter() - start < 2
+    assert again == read(lab.result_path("lora-r8"))
+    assert "skipped" in capsys.readouterr().out
+    other = helpers.Lab("smoke", results=lab.results_dir, max_steps=2)
+    assert other.finished(helpers.lora(8)) is None  # another budget: the stored result is stale

@@ -1,0 +1,387 @@
+"""The comparison: tables, the four-panel figure, the blind rating, the metric explorer and notebook 04, on records
+built here (schema-valid, checked with helpers.results.validate) plus a corrupt and an older-schema file."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from helpers import plots, results, tables, widgets  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "04_compare.ipynb"
+MIB = 2**20
+TOTAL = 134_515_008
+LORA_TRAINABLE = {8: 2_442_240, 16: 4_884_480, 32: 9_768_960}
+PROMPTS = ["What does a list comprehension return?", "How do I open a file?"]
+
+# Distinct, easy-to-check numbers per run: (peak memory MiB, tokens/s, perplexity after, artifact MiB)
+NUMBERS = {
+    "full": (2400.0, 40.0, 3.0, 513.0),
+    "lora-r8": (760.0, 125.0, 4.5, 9.5),
+    "lora-r16": (800.0, 120.0, 4.2, 19.0),
+    "lora-r32": (880.0, 110.0, 4.0, 38.0),
+    "qlora": (600.0, 80.0, 4.4, 19.0),
+}
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def make_record(run_id: str, **overrides) -> dict:
+    """A schema-valid record for one of the lab's runs; nested dict overrides are merged, others replace."""
+    memory, speed, ppl_after, artifact = NUMBERS.get(run_id, (500.0, 100.0, 5.0, 10.0))
+    method = "full" if run_id == "full" else "qlora" if run_id == "qlora" else "lora"
+    rank = None if method == "full" else 16 if method == "qlora" else int(run_id.rsplit("r", 1)[1])
+    trainable = TOTAL if rank is None else LORA_TRAINABLE.get(rank, 1000 * rank)
+    total = TOTAL if rank is None else TOTAL + trainable
+    ppl_before = 7.5 if method == "qlora" else 7.0
+    record = {
+        "schema_version": 1, "run_id": run_id, "method": method, "seed": 42,
+        "started_at": "2026-11-20T10:00:00+00:00", "finished_at": "2026-11-20T10:05:00+00:00",
+        "config_fingerprint": f"fp-{run_id}",
+        "lora": None if rank is None else {"r": rank, "alpha": 2 * rank, "dropout": 0.05,
+                                            "target_modules": ["q_proj", "v_proj"]},
+        "quantization": None if method != "qlora" else {"bits": 4, "quant_type": "nf4", "double_quant": True,
+                                                        "compute_dtype": "float32"},
+        "model": {"preset": "smollm2-135m-bundled", "source": "bundled", "total_params": TOTAL},
+        "data": {"manifest": "python_docs", "fingerprint": "abc", "train_examples": 64, "eval_examples": 16},
+        "params": {"trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
+                   "expected_trainable": trainable},
+        "training": {"steps": 3, "tokens": 3000, "seconds": 3000 / speed, "tokens_per_second": speed,
+                     "pad_fraction": 0.0, "peak_memory_bytes": int(memory * MIB), "memory_kind": "cpu_rss_sampled",
+                     "log": [{"step": s, "loss": ppl_after + 1.0 / s, "lr": 1e-4, "grad_norm": 1.0} for s in (1, 2, 3)]},
+        "eval": {"tokens": 500, "loss_before": 1.9, "perplexity_before": ppl_before, "bits_per_token_before": 2.8,
+                 "loss_after": 1.1, "perplexity_after": ppl_after, "bits_per_token_after": 1.6},
+        "generations": [{"prompt": p, "before": f"base answer {i}", "after": f"answer {i} written by {run_id}"}
+                        for i, p in enumerate(PROMPTS)],
+        "artifact": {"path": f"/x/artifacts/{run_id}", "bytes": int(artifact * MIB)},
+        "environment": {"device": "CPU (4 cores, x86_64)", "dtype": "fp32", "profile": "cpu", "python": "3.11.7",
+                        "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "trl": "1.16.0",
+                        "bitsandbytes": "0.50.2"},
+    }
+    return results.validate(_merge(record, copy.deepcopy(overrides)))
+
+
+def _answers_without_run_ids(records: list[dict]) -> list[dict]:
+    """The factory's answers name their run (handy elsewhere); for the blindness test they must not."""
+    return [make_record(r["run_id"], generations=[{"prompt": p, "before": "b", "after": f"neutral text {i}"}
+                                                  for i, p in enumerate(PROMPTS)]) for r in records]
+
+
+@pytest.fixture
+def results_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "results"
+    # Written in reverse order: load_all and every view must restore RUN_ORDER themselves.
+    for run_id in reversed(results.RUN_ORDER):
+        results.write_atomic(make_record(run_id), folder / f"{run_id}.json")
+    (folder / "broken.json").write_text("{ this is not json")
+    old = make_record("lora-r8")
+    old["run_id"], old["schema_version"] = "old-run", 0  # what an earlier version of the lab wrote
+    (folder / "old-run.json").write_text(json.dumps(old))
+    return folder
+
+
+@pytest.fixture
+def loaded(results_folder):
+    return results.load_all(results_folder)
+
+
+# ---------------------------------------------------------------- loading and tables
+
+def test_factory_records_are_schema_valid():
+    for run_id in results.RUN_ORDER:
+        assert results.problems(make_record(run_id)) == []
+
+
+def test_load_all_lists_bad_files_with_reasons(loaded):
+    records, left_out = loaded
+    assert [r["run_id"] for r in records] == list(results.RUN_ORDER)
+    reasons = dict(left_out)
+    assert set(reasons) == {"broken.json", "old-run.json"}
+    assert "JSON" in reasons["broken.json"]
+    assert "schema_version is 0" in reasons["old-run.json"]
+    report = tables.loading_report(records, left_out, "x")
+    assert "broken.json" in report and "old-run.json" in report
+
+
+def test_summary_frame_values(loaded):
+    records, _ = loaded
+    frame = tables.summary_frame(list(reversed(records)))
+    assert list(frame.index) == list(results.RUN_ORDER)
+    assert frame.index.name == "run"
+    assert list(frame.columns) == ["method", "rank", "trainable params", "trainable %", "artifact MiB",
+                                   "peak memory MiB", "tokens/s", "train seconds", "perplexity before",
+                                   "perplexity after", "bits/token after"]
+    assert frame.loc["full", "trainable params"] == TOTAL
+    assert frame.loc["lora-r8", "trainable params"] == LORA_TRAINABLE[8]
+    assert frame["rank"].isna().tolist() == [True, False, False, False, False]
+    assert frame.loc["lora-r32", "rank"] == 32 and frame.loc["qlora", "rank"] == 16
+    assert frame.loc["full", "peak memory MiB"] == pytest.approx(2400.0, abs=1e-3)
+    assert frame.loc["qlora", "tokens/s"] == pytest.approx(80.0)
+    assert frame.loc["lora-r16", "perplexity after"] == pytest.approx(4.2)
+    assert frame.loc["lora-r8", "artifact MiB"] == pytest.approx(9.5, abs=1e-3)
+    assert frame.loc["full", "trainable %"] == pytest.approx(100.0)
+    assert "human mean" not in frame.columns
+    html = frame._repr_html_()
+    assert "134.5M" in html and "2.44M" in html  # displayed through format_count, stored raw
+
+
+def test_generations_frame_base_comes_from_full_precision():
+    records = [make_record("qlora", generations=[{"prompt": "p", "before": "4-bit base", "after": "q"}]),
+               make_record("lora-r8", generations=[{"prompt": "p", "before": "fp base", "after": "l"}])]
+    frame = tables.generations_frame(records)
+    assert list(frame.columns) == ["base", "lora-r8", "qlora"]
+    assert frame.loc["p"].tolist() == ["fp base", "l", "q"]
+    only_q = tables.generations_frame(records[:1])
+    assert only_q.loc["p", "base"] == "4-bit base"  # no full-precision run: fall back to what there is
+
+
+@pytest.mark.parametrize("n, text", [(999, "999"), (811_000, "811k"), (2_442_240, "2.44M"), (134_515_008, "134.5M"),
+                                     (999_999, "1.00M"), (None, "—")])
+def test_format_count(n, text):
+    assert tables.format_count(n) == text
+
+
+@pytest.mark.parametrize("n, text", [(512, "512 B"), (1536, "1.50 KiB"), (int(18.7 * MIB), "18.7 MiB"),
+                                     (538_091_442, "513.2 MiB"), (2_491_981_824, "2.32 GiB")])
+def test_format_bytes(n, text):
+    assert tables.format_bytes(n) == text
+
+
+def test_reading_notes_with_all_some_and_no_runs(loaded):
+    records, _ = loaded
+    notes = " ".join(tables.reading_notes(records))
+    assert "Lowest held-out perplexity after training: full (3.00" in notes
+    assert "lora-r8 trains 55.1× fewer parameters" in notes  # 134515008 / 2442240 = 55.08
+    assert "QLoRA vs LoRA r16" in notes and "peak memory 0.75×" in notes and "speed 0.67×" in notes
+    partial = [r for r in records if r["run_id"] in ("lora-r8", "qlora")]
+    notes = " ".join(tables.reading_notes(partial))
+    assert "Missing from this comparison: full, lora-r16, lora-r32" in notes
+    assert "lora-r16 missing" in notes
+    empty = " ".join(tables.reading_notes([]))
+    assert "no valid results" in empty and "01_full_finetune" in empty
+    assert "Cannot compare" in tables.compare_sentence(partial, "qlora", "lora-r16")
+
+
+# ---------------------------------------------------------------- plots
+
+def _bar_heights(ax) -> list[float]:
+    return [p.get_height() for p in ax.patches]
+
+
+def test_comparison_figure_four_panels_in_run_order(loaded, tmp_path):
+    records, _ = loaded
+    png = tmp_path / "out" / "comparison.png"
+    fig = plots.comparison_figure(list(reversed(records)), save_to=png)
+    axes = fig.axes
+    assert len(axes) == 4
+    for ax in axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == list(results.RUN_ORDER)
+    assert axes[0].get_yscale() == "log"
+    assert _bar_heights(axes[0]) == [TOTAL, *LORA_TRAINABLE.values(), LORA_TRAINABLE[16]]
+    assert _bar_heights(axes[1]) == pytest.approx([NUMBERS[r][0] for r in results.RUN_ORDER], abs=1e-3)
+    assert _bar_heights(axes[2]) == pytest.approx([NUMBERS[r][1] for r in results.RUN_ORDER])
+    befores, afters = _bar_heights(axes[3])[:5], _bar_heights(axes[3])[5:]
+    assert befores == pytest.approx([7.0, 7.0, 7.0, 7.0, 7.5])
+    assert afters == pytest.approx([NUMBERS[r][2] for r in results.RUN_ORDER])
+    assert [p.get_facecolor()[:3] for p in axes[2].patches] == \
+        [matplotlib.colors.to_rgb(plots.RUN_COLORS[r]) for r in results.RUN_ORDER]
+    assert "profile cpu" in fig.get_supxlabel() and "2026-11-20" in fig.get_supxlabel()
+    assert png.stat().st_size > 1000 and png.with_suffix(".svg").stat().st_size > 1000
+    assert not [p for p in png.parent.iterdir() if p.name.startswith(".")], "no temp files left behind"
+
+
+def test_figures_survive_missing_and_no_runs(loaded, tmp_path):
+    records, _ = loaded
+    fig = plots.comparison_figure([r for r in records if r["run_id"] in ("full", "qlora")])
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["full", "qlora"]
+    assert "not run: lora-r8, lora-r16, lora-r32" in fig.get_supxlabel()
+    assert len(plots.comparison_figure([]).axes) == 4
+    import matplotlib.pyplot as plt
+
+    try:
+        for draw in (plots.loss_curves, plots.perplexity_vs_params):
+            assert draw([]) is not None
+        ax = plots.loss_curves(records)
+        assert [line.get_label() for line in ax.get_lines()] == list(results.RUN_ORDER)
+        assert [line.get_color() for line in ax.get_lines()] == [plots.RUN_COLORS[r] for r in results.RUN_ORDER]
+        ax = plots.perplexity_vs_params(records)
+        assert ax.get_xscale() == "log"
+        assert [t.get_text().split("\n")[0] for t in ax.texts] == list(results.RUN_ORDER)
+    finally:
+        plt.close("all")
+
+
+# ---------------------------------------------------------------- blind rating
+
+def test_rating_session_is_blind_and_deterministic(loaded):
+    records = _answers_without_run_ids(loaded[0])
+    a, b = widgets.RatingSession(records, seed=3), widgets.RatingSession(list(reversed(records)), seed=3)
+    assert len(a) == len(records) * len(PROMPTS)
+    assert [i.id for i in a.items] == [i.id for i in b.items]
+    assert [i.answer for i in a.items] == [i.answer for i in b.items]
+    other = widgets.RatingSession(records, seed=4)
+    assert [i.answer for i in other.items] != [i.answer for i in a.items]
+    for item in a.items:
+        assert not any(run_id in item.id for run_id in results.RUN_ORDER)
+        assert not hasattr(item, "run_id")
+    widget = widgets.rating_widget(a, Path("unused.json"))
+    for _ in range(len(a)):
+        text = widget.displayed_text()
+        assert not re.search(r"\b(full|lora|qlora|lora-r\d+)\b", text, re.IGNORECASE), text
+        widget.on_next()
+
+
+def test_rate_rejects_out_of_range_scores(loaded):
+    session = widgets.RatingSession(loaded[0], seed=0)
+    item = session.items[0].id
+    for bad in (6, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError):
+            session.rate(item, bad)
+    with pytest.raises(ValueError):
+        session.rate("no-such-item", 3)
+    session.rate(item, 0)
+    session.rate(item, 5)
+    assert session.ratings == {item: 5}
+
+
+def test_submit_load_aggregate_and_table(loaded, tmp_path):
+    records = loaded[0]
+    session = widgets.RatingSession(records, seed=1)
+    # The factory's answers end with their run id, so the test knows which run each shuffled item belongs to.
+    wanted = {"full": [5, 3], "lora-r8": [2, 2], "qlora": [4, 1]}
+    given: dict[str, int] = {run: 0 for run in wanted}
+    for item in session.items:
+        run = item.answer.rsplit(" ", 1)[1]
+        if run in wanted:
+            session.rate(item.id, wanted[run][given[run]])
+            given[run] += 1
+    path = tmp_path / "ratings" / "human_eval.json"
+    written = session.submit(path)
+    assert written["seed"] == 1 and len(written["ratings"]) == 6
+    back = widgets.load_human_eval(path)
+    assert back == written
+    means = widgets.aggregate(back)
+    assert list(means) == ["full", "lora-r8", "qlora"]
+    assert means == {"full": {"mean": 4.0, "n": 2}, "lora-r8": {"mean": 2.0, "n": 2}, "qlora": {"mean": 2.5, "n": 2}}
+    frame = tables.summary_frame(records, back)
+    assert frame.loc["full", "human mean"] == pytest.approx(4.0)
+    assert frame.loc["qlora", "human mean"] == pytest.approx(2.5)
+    assert frame.loc["qlora", "human n"] == 2 and frame.loc["lora-r16", "human n"] == 0
+    assert results.load_all(path.parent) == ([], []), "human_eval.json is not mistaken for a run"
+
+
+def test_load_human_eval_missing_and_corrupt(tmp_path):
+    assert widgets.load_human_eval(tmp_path / "human_eval.json") is None
+    broken = tmp_path / "human_eval.json"
+    broken.write_text("[1, 2")
+    with pytest.raises(ValueError, match="human_eval.json"):
+        widgets.load_human_eval(broken)
+    broken.write_text(json.dumps({"schema_version": 1, "rated_at": "now", "seed": 0,
+                                  "ratings": [{"run_id": "full", "prompt": "p", "score": 9}]}))
+    with pytest.raises(ValueError, match=r"human_eval.json.*(rated_at|score)"):
+        widgets.load_human_eval(broken)
+
+
+def test_rating_widget_callbacks_change_state_and_write(loaded, tmp_path):
+    session = widgets.RatingSession(loaded[0], seed=0)
+    path = tmp_path / "human_eval.json"
+    widget = widgets.rating_widget(session, path)
+    first = widget.current.id
+    assert widget.on_submit() is None and not path.exists(), "nothing rated: nothing written"
+    widget.score.value = 4
+    widget.on_next()
+    assert widget.position == 1 and session.ratings == {first: 4}
+    assert widget.score.value is None, "the next answer starts unrated"
+    widget.on_previous()
+    assert widget.score.value == 4, "going back shows the earlier score"
+    widget.on_next()
+    widget.score.value = 1
+    widget.next_button.click()  # the real button fires the same callback
+    assert widget.position == 2 and len(session.ratings) == 2
+    data = widget.on_submit()
+    assert path.exists() and widgets.load_human_eval(path) == data
+    assert sorted(r["score"] for r in data["ratings"]) == [1, 4]
+    assert "Saved 2 rating(s)" in widget.status.value
+
+
+def test_rating_widget_with_nothing_to_rate(tmp_path):
+    widget = widgets.rating_widget(widgets.RatingSession([], seed=0), tmp_path / "h.json")
+    assert widget.next_button.disabled and widget.submit_button.disabled
+    widget.on_next()
+    assert "Nothing to rate" in widget.displayed_text()
+
+
+# ---------------------------------------------------------------- metric explorer
+
+def test_metric_explorer_redraws_on_change(loaded):
+    records = loaded[0]
+    explorer = widgets.metric_explorer(records)
+    assert _bar_heights(explorer.ax) == pytest.approx([NUMBERS[r][2] for r in results.RUN_ORDER])
+    explorer.metric.value = "peak memory"
+    assert _bar_heights(explorer.ax) == pytest.approx([NUMBERS[r][0] for r in results.RUN_ORDER], abs=1e-3)
+    explorer.metric.value = "trainable params"
+    assert explorer.ax.get_yscale() == "log"
+    explorer.runs.value = ("qlora", "full")
+    assert _bar_heights(explorer.ax) == [TOTAL, LORA_TRAINABLE[16]]
+    assert [t.get_text() for t in explorer.ax.get_xticklabels()] == ["full", "qlora"]
+    explorer.metric.value = "tokens/s"
+    assert explorer.ax.get_yscale() == "linear"
+    assert _bar_heights(explorer.ax) == pytest.approx([40.0, 80.0])
+    explorer.runs.value = ()
+    assert _bar_heights(explorer.ax) == []
+
+
+# ---------------------------------------------------------------- the notebook, headless
+
+def _execute_notebook(folder: Path, monkeypatch) -> tuple[str, list[dict]]:
+    """Run notebook 04 headless on `folder`; return its printed text and its outputs."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(folder))
+    # The kernel starts in notebooks/; make `helpers` importable even where the package is not pip-installed.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    return "".join(o.get("text", "") for o in outputs), outputs
+
+
+def test_notebook_runs_headless(results_folder, monkeypatch):
+    printed, outputs = _execute_notebook(results_folder, monkeypatch)
+    png = results_folder / "comparison.png"
+    assert png.stat().st_size > 1000 and png.with_suffix(".svg").stat().st_size > 1000
+    assert "broken.json" in printed and "old-run.json" in printed, "left-out files are reported"
+    assert "Lowest held-out perplexity after training: full" in printed
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3, "the comparison figure, loss curves and perplexity plot are displayed"
+    widgets_shown = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets_shown) >= 2, "the rating widget and the metric explorer render"
+
+
+def test_notebook_runs_with_no_valid_results(tmp_path, monkeypatch):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "broken.json").write_text("not json")
+    printed, _ = _execute_notebook(folder, monkeypatch)
+    assert "broken.json" in printed and "01_full_finetune" in printed, "says how to produce results"
+    assert not (folder / "comparison.png").exists(), "no empty figure is saved as if it were the comparison"

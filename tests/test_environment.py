@@ -1,0 +1,149 @@
+"""helpers.environment (precision from the compute capability alone) and helpers.profiles (budgets)."""
+
+import pytest
+import torch
+
+from helpers import environment, profiles
+from helpers.environment import Precision, choose_precision, detect
+from helpers.profiles import PROFILES, get_profile
+
+# ---------- precision ----------
+
+
+@pytest.mark.parametrize("capability, name, fp16, bf16, dtype", [
+    ((7, 5), "fp16", True, False, torch.float16),  # T4
+    ((7, 0), "fp16", True, False, torch.float16),  # V100
+    ((8, 0), "bf16", False, True, torch.bfloat16),  # A100
+    ((8, 9), "bf16", False, True, torch.bfloat16),  # L4
+    ((9, 0), "bf16", False, True, torch.bfloat16),  # H100
+])
+def test_choose_precision_on_cuda(capability, name, fp16, bf16, dtype):
+    p = choose_precision("cuda", capability)
+    assert (p.name, p.fp16, p.bf16) == (name, fp16, bf16)
+    assert p.dtype == dtype
+
+
+def test_choose_precision_on_cpu_is_fp32():
+    p = choose_precision("cpu")
+    assert p == Precision("fp32", fp16=False, bf16=False)
+    assert p.dtype == torch.float32
+    assert choose_precision("cpu", (9, 0)) == p  # a capability does not matter off CUDA
+
+
+def test_choose_precision_cuda_needs_a_capability():
+    with pytest.raises(ValueError, match="capability"):
+        choose_precision("cuda")
+
+
+def _fake_gpu(monkeypatch, capability, name):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
+def _bf16_question_is_forbidden(*args, **kwargs):
+    raise AssertionError("the precision decision consulted torch.cuda.is_bf16_supported()")
+
+
+def test_detect_on_a_t4_chooses_fp16_without_asking_is_bf16_supported(monkeypatch):
+    _fake_gpu(monkeypatch, (7, 5), "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", _bf16_question_is_forbidden)
+    env = detect()
+    assert env.device == "cuda"
+    assert env.capability == (7, 5)
+    assert env.device_name == "Tesla T4 (sm_75)"
+    assert env.precision == Precision("fp16", fp16=True, bf16=False)
+
+
+def test_detect_on_a_t4_ignores_a_bf16_supported_true(monkeypatch):
+    # torch answers True on a T4 (emulated bf16); the lab must still pick fp16
+    _fake_gpu(monkeypatch, (7, 5), "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert detect().precision.name == "fp16"
+
+
+def test_detect_on_an_a100_chooses_bf16(monkeypatch):
+    _fake_gpu(monkeypatch, (8, 0), "NVIDIA A100-SXM4-40GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", _bf16_question_is_forbidden)
+    env = detect()
+    assert env.precision == Precision("bf16", fp16=False, bf16=True)
+    assert env.device_name == "NVIDIA A100-SXM4-40GB (sm_80)"
+
+
+def test_detect_without_cuda_is_cpu_fp32(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    env = detect()
+    assert (env.device, env.capability, env.precision.name) == ("cpu", None, "fp32")
+    assert env.device_name.startswith("CPU (")
+
+
+@pytest.mark.parametrize("value, offline", [("1", True), ("true", True), ("ON", True), ("0", False), ("", False)])
+def test_hub_offline(monkeypatch, value, offline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert environment.hub_offline() is offline
+
+
+def test_results_dir_follows_the_environment(monkeypatch, tmp_path):
+    target = tmp_path / "deep" / "results"
+    monkeypatch.setenv(environment.RESULTS_ENV, str(target))
+    assert environment.results_dir() == target
+    assert target.is_dir()
+
+
+# ---------- profiles ----------
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu"])
+def test_lab_profile_env_is_respected(monkeypatch, name):
+    monkeypatch.setenv("LAB_PROFILE", name)
+    assert get_profile() == PROFILES[name]
+    assert get_profile().name == name
+
+
+def test_explicit_name_beats_the_environment(monkeypatch):
+    monkeypatch.setenv("LAB_PROFILE", "gpu")
+    assert get_profile("smoke").name == "smoke"
+
+
+@pytest.mark.parametrize("cuda, offline, expected", [(False, "1", "cpu"), (False, "0", "cpu"), (True, "1", "cpu"),
+                                                     (True, "0", "gpu")])
+def test_auto_profile_without_lab_profile(monkeypatch, cuda, offline, expected):
+    monkeypatch.delenv("LAB_PROFILE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert get_profile().name == expected
+
+
+@pytest.mark.parametrize("source", ["argument", "environment"])
+def test_unknown_profile_names_the_choices(monkeypatch, source):
+    monkeypatch.setenv("LAB_PROFILE", "laptop")
+    with pytest.raises(ValueError) as info:
+        get_profile("laptop" if source == "argument" else None)
+    message = str(info.value)
+    assert "'laptop'" in message
+    for choice in ("smoke", "cpu", "gpu"):
+        assert choice in message
+
+
+def test_override_none_keeps_the_profile_value():
+    assert get_profile("cpu", max_steps=None, batch_size=None) == PROFILES["cpu"]
+
+
+def test_override_value_replaces_only_that_setting():
+    p = get_profile("cpu", max_steps=3, max_length=64)
+    assert (p.max_steps, p.max_length) == (3, 64)
+    assert p.name == "cpu"
+    assert profiles.as_dict(p) == {**profiles.as_dict(PROFILES["cpu"]), "max_steps": 3, "max_length": 64}
+    assert PROFILES["cpu"].max_steps == 30  # the table itself is untouched
+
+
+def test_unknown_override_key_raises():
+    with pytest.raises(ValueError, match="max_stepz"):
+        get_profile("cpu", max_stepz=3)
+
+
+def test_profiles_share_one_seed_and_fit_their_budget():
+    for p in PROFILES.values():
+        assert p.seed == 42
+        assert p.warmup_steps < p.max_steps
+        assert p.generation_prompts >= 1

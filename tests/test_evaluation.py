@@ -1,0 +1,149 @@
+"""helpers.evaluation: token-weighted perplexity, checked against a hand computation on a tiny Llama."""
+
+import math
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+
+from helpers.evaluation import perplexity, summarize_nll
+
+PAD = 2  # like SmolLM2: the pad id is also a real token (EOS) that appears in the labels
+
+
+def make_examples(lengths, seed=1, prompt_fraction=0.4):
+    """Random token examples; the first ~40% of each is a prompt (label -100), the last token is EOS (PAD)."""
+    rng = random.Random(seed)
+    examples = []
+    for n in lengths:
+        ids = [rng.randrange(3, 128) for _ in range(n - 1)] + [PAD]
+        n_prompt = max(1, int(n * prompt_fraction))
+        labels = [-100] * n_prompt + ids[n_prompt:]
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples
+
+
+@torch.no_grad()
+def hand_nll(model, examples):
+    """Per example: one forward pass, log-softmax, -log p(target) where the shifted label is not -100."""
+    model.eval()
+    per_example = []
+    for e in examples:
+        logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        nll, count = 0.0, 0
+        for t in range(1, len(e["input_ids"])):
+            target = e["labels"][t]
+            if target == -100:
+                continue
+            nll -= logp[t - 1, target].item()
+            count += 1
+        per_example.append((nll, count))
+    return per_example
+
+
+def token_weighted(per_example):
+    total = sum(n for n, _ in per_example)
+    count = sum(c for _, c in per_example)
+    return total / count, count
+
+
+LENGTHS = [5, 17, 9, 30, 3, 12, 24, 7, 19, 11]  # different lengths: batches of 8 are padded
+
+
+def test_perplexity_equals_hand_computation(tiny_llama):
+    examples = make_examples(LENGTHS)
+    loss, count = token_weighted(hand_nll(tiny_llama, examples))
+    got = perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD, batch_size=1)
+    assert got["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert got["loss"] == pytest.approx(loss, rel=1e-5)
+    # the value is not trivially "uniform over 128 tokens"
+    assert got["perplexity"] != pytest.approx(128, rel=1e-3)
+
+
+def test_tokens_counts_labels_after_the_shift(tiny_llama):
+    examples = make_examples(LENGTHS)
+    expected = sum(sum(1 for label in e["labels"][1:] if label != -100) for e in examples)
+    # the first label never counts (nothing predicts it); here prompts already mask it, so add one unmasked
+    examples.append({"input_ids": [5, 6, 7, PAD], "labels": [5, 6, 7, PAD]})
+    expected += 3
+    got = perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD, batch_size=4)
+    assert got["tokens"] == expected
+    assert got["tokens"] == token_weighted(hand_nll(tiny_llama, examples))[1]
+
+
+def test_batch_size_does_not_change_the_result(tiny_llama):
+    examples = make_examples(LENGTHS)
+    assert len({len(e["input_ids"]) for e in examples}) == len(examples)  # padding is present at bs 8
+    ds = Dataset.from_list(examples)
+    one = perplexity(tiny_llama, ds, pad_id=PAD, batch_size=1)
+    eight = perplexity(tiny_llama, ds, pad_id=PAD, batch_size=8)
+    assert eight["perplexity"] == pytest.approx(one["perplexity"], abs=1e-4)
+    assert eight["tokens"] == one["tokens"]
+    loss, _ = token_weighted(hand_nll(tiny_llama, examples))
+    assert eight["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_bits_per_token_is_loss_over_ln2(tiny_llama):
+    got = perplexity(tiny_llama, Dataset.from_list(make_examples(LENGTHS)), pad_id=PAD, batch_size=8)
+    assert got["bits_per_token"] == pytest.approx(got["loss"] / math.log(2), rel=1e-12)
+    assert got["perplexity"] == pytest.approx(math.exp(got["loss"]), rel=1e-12)
+
+
+def _teach_repetition(model, token=7, steps=40):
+    """A few Adam steps so that `token token token ...` becomes easy while random text stays hard."""
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ids = torch.tensor([[token] * 24])
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    model.eval()
+
+
+def test_token_weighted_not_mean_of_per_example_means(tiny_llama):
+    _teach_repetition(tiny_llama)
+    easy = {"input_ids": [7] * 30, "labels": [7] * 30}  # 29 cheap targets
+    hard = make_examples([6], seed=3, prompt_fraction=0.5)[0]  # 3 expensive targets
+    examples = [easy, hard]
+    per_example = hand_nll(tiny_llama, examples)
+    weighted, count = token_weighted(per_example)
+    mean_of_means = sum(n / c for n, c in per_example) / len(per_example)
+    assert count == 29 + 3
+    assert abs(weighted - mean_of_means) > 0.5  # the case really separates the two definitions
+
+    # batch_size=1 too: there an average of per-batch means would be the mean of per-example means
+    for batch_size in (1, 2):
+        got = perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD, batch_size=batch_size)
+        assert got["loss"] == pytest.approx(weighted, rel=1e-5)
+        assert got["perplexity"] == pytest.approx(math.exp(weighted), rel=1e-5)
+        assert got["loss"] != pytest.approx(mean_of_means, rel=1e-2)
+
+
+def test_perplexity_restores_training_mode(tiny_llama):
+    tiny_llama.train()
+    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), pad_id=PAD, batch_size=2)
+    assert tiny_llama.training is True
+    tiny_llama.eval()
+    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), pad_id=PAD, batch_size=2)
+    assert tiny_llama.training is False
+
+
+def test_all_labels_masked_raises(tiny_llama):
+    examples = [{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}]
+    with pytest.raises(ValueError, match="-100"):
+        perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD)
+
+
+def test_summarize_nll_values():
+    got = summarize_nll(30.0, 10)
+    assert got == {"tokens": 10, "loss": 3.0, "perplexity": pytest.approx(math.exp(3.0)),
+                   "bits_per_token": pytest.approx(3.0 / math.log(2))}
+
+
+def test_summarize_nll_zero_tokens_raises():
+    with pytest.raises(ValueError):
+        summarize_nll(0.0, 0)

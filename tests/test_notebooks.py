@@ -1,0 +1,46 @@
+"""The notebooks' shape: title, Colab setup cell, one commented parameters cell, outputs stripped, one repo URL."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+EXPECTED = ["00_baseline", "01_full_finetune", "02_lora_ranks", "03_qlora", "04_compare"]
+
+
+def test_the_sequence_is_complete_and_numbered():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_shape(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), "starts with a title"
+    assert "learn" in first.source, "says what the student will learn"
+    assert 'if "google.colab" in sys.modules' in nb.cells[1].source, "second cell is the Colab setup"
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one parameters cell"
+    for line in tagged[0].source.splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            assert "#" in line.split("=", 1)[1], f"setting without a comment: {line!r}"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "outputs are stripped in the repo"
+
+
+def test_one_repository_url_everywhere():
+    readme = (ROOT / "README.md").read_text()
+    found = set(re.findall(r"github\.com/([\w.-]+/[\w.-]+)", readme))
+    for path in NOTEBOOKS:
+        found |= set(re.findall(r"https://github\.com/([\w.-]+/[\w.-]+)", path.read_text()))
+    assert found == {REPO_URL.removeprefix("https://github.com/")}
+    for path in NOTEBOOKS:
+        assert f"colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/main/notebooks/" \
+               f"{path.name}" in readme, f"README has an Open-in-Colab badge for {path.name}"

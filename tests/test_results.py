@@ -1,0 +1,243 @@
+"""helpers.results: schema validation, atomic writes, and loading a folder of results files."""
+
+import json
+import os
+
+import pytest
+
+from helpers import results
+from helpers.results import RUN_ORDER, ResultsError, load_all, problems, read, validate, write_atomic
+
+
+def valid_record(run_id: str = "lora-r16", method: str = "lora") -> dict:
+    """Every field results_schema.json requires, with plausible values."""
+    lora = None if method == "full" else {"r": 16, "alpha": 32, "dropout": 0.05,
+                                          "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    quant = {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"} \
+        if method == "qlora" else None
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "method": method,
+        "seed": 42,
+        "started_at": "2025-11-24T12:00:00+00:00",
+        "finished_at": "2025-11-24T12:01:30+00:00",
+        "config_fingerprint": "0123456789abcdef",
+        "lora": lora,
+        "quantization": quant,
+        "model": {"preset": "smollm2-135m-bundled", "source": "bundled", "total_params": 134515008},
+        "data": {"manifest": "python_docs", "fingerprint": "fedcba9876543210", "train_examples": 120,
+                 "eval_examples": 40},
+        "params": {"trainable": 1843200, "total": 136358208, "trainable_pct": 1.35},
+        "training": {"steps": 30, "tokens": 15000, "seconds": 61.5, "tokens_per_second": 243.9,
+                     "pad_fraction": 0.0, "peak_memory_bytes": 812_000_000, "memory_kind": "cpu_rss_sampled",
+                     "log": [{"step": 2, "loss": 2.5, "lr": 2e-4, "grad_norm": 1.1},
+                             {"step": 4, "loss": 2.1, "lr": None, "grad_norm": None}]},
+        "eval": {"tokens": 4000, "loss_before": 2.3, "perplexity_before": 9.97, "bits_per_token_before": 3.32,
+                 "loss_after": 1.9, "perplexity_after": 6.69, "bits_per_token_after": 2.74},
+        "generations": [{"prompt": "What is a dict?", "before": "A thing.", "after": "A mapping."}],
+        "artifact": {"path": "adapters/lora-r16", "bytes": 7_400_000},
+        "environment": {"device": "cpu", "dtype": "float32", "profile": "cpu", "python": "3.12.3",
+                        "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "trl": None,
+                        "bitsandbytes": None},
+    }
+
+
+# ---------- validation ----------
+
+
+@pytest.mark.parametrize("run_id, method", [("full", "full"), ("lora-r8", "lora"), ("qlora", "qlora")])
+def test_valid_record_passes(run_id, method):
+    record = valid_record(run_id, method)
+    assert problems(record) == []
+    assert validate(record) is record
+
+
+def test_valid_record_fills_every_required_field():
+    record = valid_record()
+    assert set(results.SCHEMA["required"]) <= set(record)
+    for key, spec in results.SCHEMA["properties"].items():
+        if spec.get("type") == "object":
+            assert set(spec["required"]) <= set(record[key]), key
+
+
+def _without(path):
+    def edit(record):
+        *parents, last = path
+        target = record
+        for key in parents:
+            target = target[key]
+        del target[last]
+    return edit
+
+
+def _setting(path, value):
+    def edit(record):
+        *parents, last = path
+        target = record
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    return edit
+
+
+BROKEN = {
+    "no run_id": (_without(["run_id"]), "run_id"),
+    "no eval": (_without(["eval"]), "eval"),
+    "no training.peak_memory_bytes": (_without(["training", "peak_memory_bytes"]), "peak_memory_bytes"),
+    "no environment.peft": (_without(["environment", "peft"]), "peft"),
+    "seed is a string": (_setting(["seed"], "42"), "seed"),
+    "steps is a float": (_setting(["training", "steps"], 30.5), "training.steps"),
+    "lora is a list": (_setting(["lora"], [16, 32]), "lora"),
+    "schema_version 0": (_setting(["schema_version"], 0), "schema_version"),
+    "unknown method": (_setting(["method"], "prefix-tuning"), "method"),
+    "run_id with capitals": (_setting(["run_id"], "LoRA_16"), "run_id"),
+    "pad_fraction above 1": (_setting(["training", "pad_fraction"], 1.5), "pad_fraction"),
+    "perplexity below 1": (_setting(["eval", "perplexity_after"], 0.5), "perplexity_after"),
+    "unknown memory kind": (_setting(["training", "memory_kind"], "rss"), "memory_kind"),
+    "4-bit with 3 bits": (_setting(["quantization"], {"bits": 3, "quant_type": "nf4", "double_quant": True,
+                                                      "compute_dtype": "float32"}), "quantization"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_record_fails(case):
+    edit, where = BROKEN[case]
+    record = valid_record()
+    edit(record)
+    found = problems(record)
+    assert found, case
+    assert any(where in line for line in found), found
+    with pytest.raises(ResultsError, match=where.split(".")[-1]):
+        validate(record)
+
+
+def test_extra_fields_are_allowed():
+    record = valid_record()
+    record["notes"] = "student comment"
+    record["training"]["optimizer"] = "adamw_torch"
+    assert problems(record) == []
+
+
+# ---------- atomic writes ----------
+
+
+def test_write_atomic_round_trips(tmp_path):
+    record = valid_record()
+    target = tmp_path / "runs" / "lora-r16.json"
+    assert write_atomic(record, target) == target
+    assert read(target) == record
+    assert json.loads(target.read_text()) == record
+    assert os.listdir(target.parent) == ["lora-r16.json"]
+
+
+def _crashing_dump(obj, handle, **kwargs):
+    text = json.dumps(obj, **kwargs)
+    handle.write(text[: len(text) // 2])
+    handle.flush()
+    raise OSError("disk full (simulated)")
+
+
+def _leftovers(directory):
+    return [name for name in os.listdir(directory) if name.endswith(".tmp")]
+
+
+def test_crash_mid_write_leaves_no_file(tmp_path, monkeypatch):
+    target = tmp_path / "qlora.json"
+    monkeypatch.setattr(results.json, "dump", _crashing_dump)
+    with pytest.raises(OSError, match="simulated"):
+        write_atomic(valid_record("qlora", "qlora"), target)
+    assert not target.exists()
+    assert _leftovers(tmp_path) == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_crash_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "full.json"
+    old = valid_record("full", "full")
+    write_atomic(old, target)
+    before = target.read_bytes()
+    new = valid_record("full", "full")
+    new["seed"] = 7
+    monkeypatch.setattr(results.json, "dump", _crashing_dump)
+    with pytest.raises(OSError, match="simulated"):
+        write_atomic(new, target)
+    assert target.read_bytes() == before
+    assert read(target) == old
+    assert _leftovers(tmp_path) == []
+    assert os.listdir(tmp_path) == ["full.json"]
+
+
+def test_invalid_record_is_refused_before_writing(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(results.json, "dump", lambda *a, **k: calls.append(a))
+    record = valid_record()
+    del record["params"]
+    target = tmp_path / "out" / "lora-r16.json"
+    with pytest.raises(ResultsError, match="params"):
+        write_atomic(record, target)
+    assert calls == []
+    assert not target.parent.exists()
+    assert os.listdir(tmp_path) == []
+
+
+# ---------- reading a folder ----------
+
+
+def test_read_explains_each_rejection(tmp_path):
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(ResultsError, match="JSON"):
+        read(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="object"):
+        read(tmp_path / "b.json")
+    old = valid_record()
+    old["schema_version"] = 0
+    (tmp_path / "c.json").write_text(json.dumps(old))
+    with pytest.raises(ResultsError, match="schema_version is 0"):
+        read(tmp_path / "c.json")
+    bad = valid_record()
+    bad["eval"]["tokens"] = 0
+    (tmp_path / "d.json").write_text(json.dumps(bad))
+    with pytest.raises(ResultsError, match="eval.tokens"):
+        read(tmp_path / "d.json")
+
+
+def test_load_all_keeps_valid_and_explains_rejections(tmp_path):
+    write_atomic(valid_record("lora-r8", "lora"), tmp_path / "lora-r8.json")
+    (tmp_path / "broken.json").write_text('{"schema_version": 1, "run_id": "full"')  # cut off mid-write
+    old = valid_record("full", "full")
+    old["schema_version"] = 0
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "notes.txt").write_text("not a results file")
+
+    records, rejected = load_all(tmp_path)
+    assert [r["run_id"] for r in records] == ["lora-r8"]
+    assert records[0] == valid_record("lora-r8", "lora")
+    assert sorted(name for name, _ in rejected) == ["broken.json", "old.json"]
+    reasons = dict(rejected)
+    assert all(isinstance(reason, str) and reason for reason in reasons.values())
+    assert "JSON" in reasons["broken.json"]
+    assert "schema_version" in reasons["old.json"]
+
+
+def test_load_all_returns_run_order(tmp_path):
+    specs = [("qlora", "qlora"), ("lora-r32", "lora"), ("full", "full"), ("lora-r8", "lora"), ("lora-r16", "lora")]
+    # file names sort in yet another order, so neither file order nor write order can pass by accident
+    for i, (run_id, method) in enumerate(specs):
+        write_atomic(valid_record(run_id, method), tmp_path / f"{9 - i}-{run_id}.json")
+    records, rejected = load_all(tmp_path)
+    assert rejected == []
+    assert tuple(r["run_id"] for r in records) == RUN_ORDER == ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")
+
+
+def test_load_all_puts_unknown_runs_last_and_skips_hidden_and_human_eval(tmp_path):
+    write_atomic(valid_record("lora-r64", "lora"), tmp_path / "a.json")
+    write_atomic(valid_record("qlora", "qlora"), tmp_path / "b.json")
+    write_atomic(valid_record("full", "full"), tmp_path / "c.json")
+    (tmp_path / ".partial.json").write_text("{")
+    (tmp_path / "human_eval.json").write_text(json.dumps({"ratings": []}))
+    records, rejected = load_all(tmp_path)
+    assert [r["run_id"] for r in records] == ["full", "qlora", "lora-r64"]
+    assert rejected == []
+
