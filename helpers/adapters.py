@@ -41,12 +41,17 @@ def load_several(lab, records: list[dict]) -> PeftModel:
     return model
 
 
+def has_4bit_layers(model: torch.nn.Module) -> bool:
+    # Module types, not the model's is_loaded_in_4bit flag: that flag stays True after dequantize().
+    return any(type(module).__name__ == "Linear4bit" for module in model.modules())
+
+
 def merge(model: PeftModel) -> torch.nn.Module:
     """Fold the adapter into the base weights (W + (alpha/r) B A): a plain model, no adapter overhead.
 
     Refused on a 4-bit base: the merged weight would be rounded back to NF4, losing most of the update.
     """
-    if getattr(model.get_base_model(), "is_loaded_in_4bit", False):
+    if has_4bit_layers(model):
         raise MergeError("This adapter sits on a 4-bit base; merging in place would round W + BA back to NF4 and "
                          "lose the update. Use helpers.adapters.merge_dequantized(lab, record): it dequantizes the "
                          "NF4 weights the adapter was trained against to full precision, then merges.")
@@ -59,7 +64,7 @@ def merge_dequantized(lab, record: dict) -> torch.nn.Module:
     Not the original fp32 checkpoint: the adapter learned to correct the 4-bit weights, not those.
     """
     base = base_for(lab, record)
-    if getattr(base, "is_loaded_in_4bit", False):
+    if has_4bit_layers(base):
         base = base.dequantize()
     return PeftModel.from_pretrained(base, record["artifact"]["path"]).merge_and_unload()
 

@@ -135,9 +135,25 @@ def load_model(preset_name: str, device: str, precision: Precision,
         raise HubUnavailableError(f"Could not load {preset.hub_id}: {err}. Offline, use {OFFLINE_PRESET!r}.") from err
     if quantization is None:
         model.to(device)
+    else:
+        keep_4bit_layers_trainable(model)
     # A KV cache in training mode turns off transformers' packed-sequence masking: examples packed
     # into one row would attend to each other. Generation turns it back on per call.
     model.config.use_cache = False
+    return model
+
+
+def keep_4bit_layers_trainable(model: torch.nn.Module) -> torch.nn.Module:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference on the first eval-mode forward.
+
+    On AVX512-BF16 CPUs, Linear4bit converts its weight to a packed bf16 inference layout the first time it
+    runs in eval mode, and never converts back: training after the "before" evaluation would then go
+    through a kernel with no autograd, silently cutting the gradient through every frozen 4-bit layer (and
+    computing in bf16 whatever the compute dtype). The standard path dequantizes and is differentiable.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     return model
 
 

@@ -26,12 +26,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def cpu_4bit_kernel_dtype() -> str:
-    """bitsandbytes' CPU 4-bit matmul casts activations to bf16 on CPUs with AVX512-BF16, whatever the compute dtype."""
-    from bitsandbytes.functional import has_avx512bf16
-    return "bfloat16" if has_avx512bf16() else "float32"
-
-
 def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
@@ -151,8 +145,7 @@ class Lab:
         if spec.quantization:
             quant_block = {"bits": spec.quantization.bits, "quant_type": spec.quantization.quant_type,
                            "double_quant": spec.quantization.double_quant,
-                           "compute_dtype": str(env.precision.dtype).removeprefix("torch."),
-                           "cpu_kernel_dtype": cpu_4bit_kernel_dtype() if env.device == "cpu" else None}
+                           "compute_dtype": str(env.precision.dtype).removeprefix("torch.")}
         versions = package_versions()
         record = {
             "schema_version": results.SCHEMA_VERSION, "run_id": spec.run_id, "method": spec.method,

@@ -44,11 +44,10 @@ def test_merge_into_a_4bit_base_is_refused_with_the_way_out(trained):
     with pytest.raises(adapters.MergeError, match="merge_dequantized"):
         adapters.merge(adapters.reload(lab, records["qlora"]))
     merged = adapters.merge_dequantized(lab, records["qlora"])
-    assert not getattr(merged, "is_loaded_in_4bit", False)
-    # Same weights the adapter was trained against, now fp32. bitsandbytes' CPU 4-bit matmul computes in
-    # bf16, so the merged fp32 model agrees to bf16 rounding (~1%), not to float32 rounding.
+    assert not adapters.has_4bit_layers(merged) and adapters.has_4bit_layers(adapters.reload(lab, records["qlora"]))
+    # The same weights the adapter was trained against, dequantized once instead of at every matmul.
     after = lab.evaluate(merged)["perplexity"]
-    assert after == pytest.approx(records["qlora"]["eval"]["perplexity_after"], rel=0.03)
+    assert after == pytest.approx(records["qlora"]["eval"]["perplexity_after"], rel=1e-4)
 
 
 def test_switching_adapters_changes_the_output(trained):
@@ -83,7 +82,6 @@ def test_trainable_counts_follow_the_rank_and_match_peft(trained):
     quant = records["qlora"]["quantization"]
     assert {k: quant[k] for k in ("bits", "quant_type", "double_quant", "compute_dtype")} == {
         "bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
-    assert quant["cpu_kernel_dtype"] in ("bfloat16", "float32")
 
 
 def test_same_budget_and_data_for_every_method(trained):

@@ -161,3 +161,54 @@ def test_memory_meter_idle_block_is_small():
     with meter.measure():
         time.sleep(0.1)
     assert 0 <= meter.peak_bytes < 50_000_000
+
+
+def _tiny_qlora(path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from helpers.models import bnb_config
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb_config("nf4", True, torch.float32),
+                                                 device_map={"": "cpu"})
+    model.config.use_cache = False
+    torch.manual_seed(1)
+    return model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], lora_dropout=0.0,
+                             init_lora_weights=False)  # non-zero B: gradients reach A in every layer
+
+
+def _first_layer_grad(model, config, evaluate_first):
+    from peft import get_peft_model
+    torch.manual_seed(2)
+    peft_model = get_peft_model(model, config)
+    ids = torch.tensor([[5, 9, 17, 33, 60, 61, 70, 90]])
+    if evaluate_first:  # what every run does: measure "before", then train
+        peft_model.eval()
+        with torch.no_grad():
+            peft_model(input_ids=ids)
+    peft_model.train()
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    layer0 = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    grad = layer0.lora_A["default"].weight.grad
+    return torch.zeros_like(layer0.lora_A["default"].weight) if grad is None else grad.clone()  # None: cut off
+
+
+def test_qlora_gradients_survive_the_before_evaluation(tmp_path):
+    """bitsandbytes repacks 4-bit weights for CPU inference on an eval forward, through a kernel with no
+    autograd; load_model's keep_4bit_layers_trainable must stop that or layer 0 gets a wrong gradient."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers.models import keep_4bit_layers_trainable
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path)
+    model, config = _tiny_qlora(tmp_path)
+    reference = _first_layer_grad(keep_4bit_layers_trainable(model), config, evaluate_first=False)
+    model, config = _tiny_qlora(tmp_path)
+    fixed = _first_layer_grad(keep_4bit_layers_trainable(model), config, evaluate_first=True)
+    assert reference.abs().sum() > 0
+    assert torch.allclose(fixed, reference, atol=1e-6)
+    from bitsandbytes.functional import has_avx512bf16
+    if has_avx512bf16():  # the trap is real on this CPU: without the fix the gradient differs
+        model, config = _tiny_qlora(tmp_path)
+        broken = _first_layer_grad(model, config, evaluate_first=True)
+        assert not torch.allclose(broken, reference, atol=1e-4)
