@@ -27,7 +27,7 @@ def reload(lab, record: dict, base: torch.nn.Module | None = None) -> PeftModel:
     if record["lora"] is None:
         raise ValueError(f"{record['run_id']} is a full fine-tune: its artifact is a whole model, not an adapter.")
     base = base if base is not None else base_for(lab, record)
-    return PeftModel.from_pretrained(base, record["artifact"]["path"], adapter_name=record["run_id"])
+    return PeftModel.from_pretrained(base, lab.artifact_path(record), adapter_name=record["run_id"])
 
 
 def load_several(lab, records: list[dict]) -> PeftModel:
@@ -37,7 +37,7 @@ def load_several(lab, records: list[dict]) -> PeftModel:
     first, *rest = records
     model = reload(lab, first)
     for record in rest:
-        model.load_adapter(record["artifact"]["path"], adapter_name=record["run_id"])
+        model.load_adapter(lab.artifact_path(record), adapter_name=record["run_id"])
     return model
 
 
@@ -66,7 +66,7 @@ def merge_dequantized(lab, record: dict) -> torch.nn.Module:
     base = base_for(lab, record)
     if has_4bit_layers(base):
         base = base.dequantize()
-    return PeftModel.from_pretrained(base, record["artifact"]["path"]).merge_and_unload()
+    return PeftModel.from_pretrained(base, lab.artifact_path(record)).merge_and_unload()
 
 
 @torch.no_grad()

@@ -35,14 +35,19 @@ def validate(record: dict) -> dict:
 
 
 def write_atomic(record: dict, path: Path) -> Path:
-    """Validate, write a temp file beside the target, fsync, rename: readers see the old file or the new one."""
+    """Validate, then write atomically: a record that breaks the schema never reaches the disk."""
     validate(record)
+    return write_json_atomic(record, path)
+
+
+def write_json_atomic(data: dict, path: Path) -> Path:
+    """Write a temp file beside the target, fsync, rename: readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=2, sort_keys=False)
+            json.dump(data, handle, indent=2)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())

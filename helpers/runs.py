@@ -68,6 +68,9 @@ class Lab:
         return prepare_data(p.dataset, self.tokenizer, get_preset(p.model).prompt_format, p.max_length,
                             p.train_examples, p.eval_examples, p.generation_prompts, p.seed)
 
+    def artifact_path(self, record: dict) -> Path:
+        return self.results_dir / record["artifact"]["path"]
+
     def result_path(self, run_id: str) -> Path:
         return self.results_dir / f"{run_id}.json"
 
@@ -169,7 +172,8 @@ class Lab:
                      "bits_per_token_after": after["bits_per_token"]},
             "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in
                             zip(data.instructions, generations_before, generations_after)],
-            "artifact": {"path": str(artifact_dir), "bytes": artifact_bytes},
+            # relative to the results folder, so a results folder can be moved or copied (Drive, a USB stick)
+            "artifact": {"path": str(artifact_dir.relative_to(self.results_dir)), "bytes": artifact_bytes},
             "environment": {"device": env.device_name, "dtype": env.precision.name, "profile": profile.name,
                             **{k: versions.get(k) for k in ("python", "torch", "transformers", "peft", "trl",
                                                              "bitsandbytes")}},

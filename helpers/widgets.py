@@ -10,10 +10,8 @@ import hashlib
 import html
 import json
 import numbers
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +21,7 @@ from IPython.display import display
 from matplotlib.figure import Figure
 
 from .plots import METRICS, metric_bars
-from .results import run_sort_key
+from .results import run_sort_key, write_json_atomic
 
 HUMAN_EVAL_FILE = "human_eval.json"  # results.load_all skips this name, so it never counts as a left-out run
 HUMAN_EVAL_VERSION = 1
@@ -73,20 +71,7 @@ def write_human_eval(data: dict, path: Path) -> Path:
     found = check_human_eval(data)
     if found:
         raise ValueError("human rating data is not valid:\n  " + "\n  ".join(found[:10]))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(data, path)
 
 
 def load_human_eval(path: Path) -> dict | None:
