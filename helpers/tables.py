@@ -321,3 +321,16 @@ def reading_notes(records: list[dict], directory: Path | str | None = None) -> l
         notes.append("Peak memory here is the process RSS sampled during training on a CPU: it includes everything "
                      "the process touched, so small differences between runs are noise.")
     return notes
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The summary as a Markdown table, for the README's reference results (a test keeps them in sync)."""
+    lines = ["| run | trainable params | trainable % | artifact | peak memory | tokens/s | train s | "
+             "perplexity before → after | bits/token after |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in _ordered(records):
+        t, e, p = r["training"], r["eval"], r["params"]
+        lines.append(f"| {r['run_id']} | {format_count(p['trainable'])} | {p['trainable_pct']:.2f} | "
+                     f"{format_bytes(r['artifact']['bytes'])} | {format_bytes(t['peak_memory_bytes'])} | "
+                     f"{t['tokens_per_second']:.0f} | {t['seconds']:.0f} | "
+                     f"{e['perplexity_before']:.2f} → {e['perplexity_after']:.2f} | {e['bits_per_token_after']:.3f} |")
+    return "\n".join(lines)

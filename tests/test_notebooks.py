@@ -44,3 +44,15 @@ def test_one_repository_url_everywhere():
     for path in NOTEBOOKS:
         assert f"colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/main/notebooks/" \
                f"{path.name}" in readme, f"README has an Open-in-Colab badge for {path.name}"
+
+
+def test_readme_reference_table_is_the_committed_results():
+    from helpers.results import load_all
+    from helpers.tables import markdown_table
+    records, rejected = load_all(ROOT / "notebooks" / "reference_results")
+    assert not rejected and [r["run_id"] for r in records] == ["full", "lora-r8", "lora-r16", "lora-r32", "qlora"]
+    assert markdown_table(records) in (ROOT / "README.md").read_text()
+    assert {r["environment"]["profile"] for r in records} == {"cpu"}
+    assert len({r["data"]["fingerprint"] for r in records}) == 1
+    assert all(r["eval"]["perplexity_after"] < r["eval"]["perplexity_before"] for r in records)
+    assert (ROOT / "notebooks" / "reference_results" / "comparison.png").stat().st_size > 10_000
