@@ -19,7 +19,7 @@ def base_for(lab, record: dict) -> torch.nn.Module:
     config = None
     if quant:
         config = bnb_config(quant["quant_type"], quant["double_quant"], lab.env.precision.dtype)
-    return load_model(record["model"]["preset"], lab.env.device, lab.env.precision, config)
+    return load_model(record["model"]["preset"], lab.env.device, config)
 
 
 def reload(lab, record: dict, base: torch.nn.Module | None = None) -> PeftModel:

@@ -7,7 +7,7 @@ import importlib.metadata
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -121,8 +121,3 @@ def return_freed_memory_to_os() -> None:
     m_mmap_threshold = -3
     libc.mallopt(m_mmap_threshold, 1 << 20)
     libc.malloc_trim(0)
-
-
-def summary(env: Environment | None = None) -> dict:
-    env = env or detect()
-    return {**asdict(env), "precision": env.precision.name, "versions": package_versions()}

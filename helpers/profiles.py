@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -63,7 +63,3 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     if unknown:
         raise ValueError(f"Unknown profile setting(s) {sorted(unknown)}; settable: {sorted(known - {'name'})}.")
     return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
-
-
-def as_dict(profile: Profile) -> dict:
-    return asdict(profile)

@@ -96,12 +96,9 @@ class Lab:
             return None
         return record
 
-    def base_model(self, quantized: bool = False) -> torch.nn.Module:
-        """The untouched base model (4-bit NF4 when quantized), e.g. for the 'before' picture."""
-        from .training import qlora
-        if quantized:
-            return build_model(qlora(), self.profile, self.env).get_base_model()
-        return load_model(self.profile.model, self.env.device, self.env.precision)
+    def base_model(self) -> torch.nn.Module:
+        """The untouched full-precision base model, e.g. for the 'before' picture."""
+        return load_model(self.profile.model, self.env.device)
 
     def evaluate(self, model: torch.nn.Module, desc: str = "perplexity") -> dict[str, float]:
         return perplexity(model, self.data.eval, self.tokenizer.pad_token_id, self.profile.eval_batch_size,

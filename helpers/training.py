@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import psutil
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
 
 from .environment import Environment, return_freed_memory_to_os
@@ -86,7 +86,7 @@ def build_model(spec: RunSpec, profile: Profile, env: Environment) -> torch.nn.M
         if spec.quantization.bits != 4:
             raise ValueError(f"{spec.run_id}: only 4-bit quantization is supported, got {spec.quantization.bits}.")
         quant = bnb_config(spec.quantization.quant_type, spec.quantization.double_quant, env.precision.dtype)
-    model = load_model(profile.model, env.device, env.precision, quant)
+    model = load_model(profile.model, env.device, quant)
     if spec.method == "full":
         return model
     if quant is not None:
@@ -234,7 +234,3 @@ def release() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return_freed_memory_to_os()
-
-
-def is_peft(model: torch.nn.Module) -> bool:
-    return isinstance(model, PeftModel)

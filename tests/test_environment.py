@@ -1,5 +1,7 @@
 """helpers.environment (precision from the compute capability alone) and helpers.profiles (budgets)."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -133,7 +135,7 @@ def test_override_value_replaces_only_that_setting():
     p = get_profile("cpu", max_steps=3, max_length=64)
     assert (p.max_steps, p.max_length) == (3, 64)
     assert p.name == "cpu"
-    assert profiles.as_dict(p) == {**profiles.as_dict(PROFILES["cpu"]), "max_steps": 3, "max_length": 64}
+    assert asdict(p) == {**asdict(PROFILES["cpu"]), "max_steps": 3, "max_length": 64}
     assert PROFILES["cpu"].max_steps == 30  # the table itself is untouched
 
 
