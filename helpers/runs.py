@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from functools import cached_property
@@ -15,7 +13,7 @@ import torch
 
 from . import results
 from .data import LabData, load_manifest, prepare_data
-from .environment import Environment, detect, package_versions, results_dir
+from .environment import Environment, detect, package_versions, results_dir, write_directory_atomically
 from .evaluation import generate, perplexity
 from .models import get_preset, load_model, load_tokenizer, parameter_count
 from .profiles import Profile, get_profile
@@ -32,15 +30,7 @@ def directory_bytes(path: Path) -> int:
 
 def save_artifact(model: torch.nn.Module, target: Path) -> int:
     """Adapter only for LoRA/QLoRA (PEFT saves just the adapter), the whole model for full fine-tuning."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory_bytes(target)
+    return directory_bytes(write_directory_atomically(target, model.save_pretrained))
 
 
 class Lab:

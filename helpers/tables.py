@@ -119,13 +119,17 @@ class LabFrame(pd.DataFrame):
         except Exception:  # display must never break a notebook; fall back to pandas' own rendering
             return super()._repr_html_()
 
+    def formatted(self) -> pd.DataFrame:
+        """Every cell as the text the lab shows for it (formatted up front: to_string and to_markdown
+        skip formatters for missing values and print <NA>)."""
+        shown = pd.DataFrame(self).astype(object)
+        for column, format_ in self._formatters().items():
+            shown[column] = [format_(v) for v in self[column]]
+        return shown
+
     def __repr__(self) -> str:
         try:
-            # Formatted up front: to_string skips its formatters for missing values and prints <NA>.
-            shown = pd.DataFrame(self).astype(object)
-            for column, format_ in self._formatters().items():
-                shown[column] = [format_(v) for v in self[column]]
-            return shown.to_string()
+            return self.formatted().to_string()
         except Exception:
             return super().__repr__()
 
@@ -324,13 +328,10 @@ def reading_notes(records: list[dict], directory: Path | str | None = None) -> l
 
 
 def markdown_table(records: list[dict]) -> str:
-    """The summary as a Markdown table, for the README's reference results (a test keeps them in sync)."""
-    lines = ["| run | trainable params | trainable % | artifact | peak memory | tokens/s | train s | "
-             "perplexity before → after | bits/token after |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in _ordered(records):
-        t, e, p = r["training"], r["eval"], r["params"]
-        lines.append(f"| {r['run_id']} | {format_count(p['trainable'])} | {p['trainable_pct']:.2f} | "
-                     f"{format_bytes(r['artifact']['bytes'])} | {format_bytes(t['peak_memory_bytes'])} | "
-                     f"{t['tokens_per_second']:.0f} | {t['seconds']:.0f} | "
-                     f"{e['perplexity_before']:.2f} → {e['perplexity_after']:.2f} | {e['bits_per_token_after']:.3f} |")
+    """The summary table in Markdown, for the README's reference results (a test keeps them in sync)."""
+    shown = summary_frame(records).formatted().reset_index()
+    numeric = [c in COLUMN_FORMATS for c in shown.columns]
+    lines = ["| " + " | ".join(shown.columns) + " |",
+             "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines)
