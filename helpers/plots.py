@@ -20,8 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from .results import RUN_ORDER, run_sort_key
-from .tables import MIB, format_count, format_number, missing_runs
+from .results import RUN_ORDER
+from .statistics import Interval
+from .tables import (MEASURES, MEMORY_CATEGORIES, MIB, by_run, format_count, format_number, interval, missing_runs,
+                     usable)
 
 RUN_COLORS: dict[str, str] = {
     # Full fine-tuning stands apart (vermillion); LoRA ranks are one blue family, darker = larger rank, so the
@@ -34,15 +36,12 @@ RUN_COLORS: dict[str, str] = {
 }
 FALLBACK_COLOR = "#999999"
 
-MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "cpu_rss_sampled": "CPU RSS, sampled"}
+CATEGORY_COLORS = {"weights": "#4D4D4D", "gradients": "#E69F00", "optimizer": "#CC79A7", "activations": "#56B4E9",
+                   "other": "#D9D9D9"}
 
 
 def run_color(run_id: str) -> str:
     return RUN_COLORS.get(run_id, FALLBACK_COLOR)
-
-
-def _ordered(records: list[dict]) -> list[dict]:
-    return sorted(records, key=lambda r: run_sort_key(r["run_id"]))
 
 
 def _new_axes(ax: Axes | None, size: tuple[float, float] = (6.4, 4.0)) -> Axes:
@@ -64,23 +63,33 @@ def _empty(ax: Axes, message: str) -> Axes:
 @dataclass(frozen=True)
 class Metric:
     title: str
-    value: Callable[[dict], float]
+    value: Callable[[list[dict]], float | Interval | None]  # a run's records -> its value (mean ± interval)
     label: Callable[[float], str]
     log: bool = False
     lower_is_better: bool = False
 
 
+def _first(key: str, scale: float = 1.0) -> Callable[[list[dict]], float]:
+    section, field = key.split(".")
+    return lambda recs: sum(r[section][field] for r in recs) / len(recs) / scale
+
+
+def _measured(key: str) -> Callable[[list[dict]], Interval | None]:
+    return lambda recs: interval(recs, MEASURES[key])
+
+
 METRICS: dict[str, Metric] = {
-    "trainable params": Metric("Trainable parameters (count, log scale)", lambda r: r["params"]["trainable"],
-                               format_count, log=True),
-    "peak memory": Metric("Peak training memory (MiB)", lambda r: r["training"]["peak_memory_bytes"] / MIB,
-                          format_number, lower_is_better=True),
-    "tokens/s": Metric("Training speed (real tokens/s)", lambda r: r["training"]["tokens_per_second"],
-                       format_number),
-    "perplexity after": Metric("Held-out perplexity after training (lower is better)",
-                               lambda r: r["eval"]["perplexity_after"], lambda v: f"{v:.2f}", lower_is_better=True),
-    "artifact size": Metric("Saved artifact (MiB)", lambda r: r["artifact"]["bytes"] / MIB, format_number,
-                            log=True),
+    "trainable params": Metric("Trainable parameters (count, log scale)", _first("params.trainable"), format_count,
+                               log=True),
+    "peak memory": Metric("Peak memory of a training step (MiB)", _measured("peak memory MiB"), format_number,
+                          lower_is_better=True),
+    "tokens/s": Metric("Training speed (real tokens/s)", _measured("tokens/s"), format_number),
+    "perplexity after": Metric("Held-out perplexity after training (lower is better)", _measured("perplexity after"),
+                               lambda v: f"{v:.2f}", lower_is_better=True),
+    "general-text perplexity after": Metric("General-text perplexity after training (forgetting; lower is better)",
+                                            _measured("general-text after"), lambda v: f"{v:.2f}",
+                                            lower_is_better=True),
+    "artifact size": Metric("Saved artifact (MiB)", _first("artifact.bytes", MIB), format_number, log=True),
 }
 
 
@@ -104,16 +113,48 @@ def _headroom(ax: Axes, values: list[float], log: bool, room: float = 1.18) -> N
         ax.set_ylim(0, max(positive) * room)
 
 
+def _groups(records: list[dict]) -> list[tuple[str, list[dict], bool]]:
+    """(run_id, the records its bars use, flagged) in RUN_ORDER: a run whose every record ended worse than it started
+    is still drawn (flagged), never mixed into another run's mean."""
+    out = []
+    for run_id, recs in by_run(records).items():
+        good = usable(recs)
+        out.append((run_id, good or recs, not good))
+    return out
+
+
+def _tick_labels(ax: Axes, groups: list[tuple[str, list[dict], bool]]) -> None:
+    labels = [f"{run} ⚠" if bad else run for run, _, bad in groups]
+    ax.set_xticks(range(len(groups)), labels, rotation=25, ha="right", rotation_mode="anchor")
+
+
+def _error_bars(ax: Axes, xs: list[float], values: list[float | Interval | None]) -> None:
+    """95% intervals as whiskers; a single value (one seed, no bootstrap) has none."""
+    for x, v in zip(xs, values):
+        if isinstance(v, Interval) and v.method != "single":
+            ax.errorbar([x], [v.mean], yerr=[[v.mean - v.low], [v.high - v.mean]], fmt="none", ecolor="#222222",
+                        elinewidth=1, capsize=3, zorder=4)
+
+
+def _point(v: float | Interval | None) -> float:
+    return 0.0 if v is None else v.mean if isinstance(v, Interval) else float(v)
+
+
 def _bars(ax: Axes, records: list[dict], metric: Metric) -> Axes:
-    """One bar per run in RUN_ORDER, coloured by run, its value written on top."""
-    records = _ordered(records)
-    names = [r["run_id"] for r in records]
-    values = [metric.value(r) for r in records]
-    bars = ax.bar(range(len(records)), values, color=[run_color(n) for n in names], edgecolor="#333333",
+    """One bar per run in RUN_ORDER, coloured by run, its mean written on top, its 95% interval as a whisker."""
+    groups = _groups(records)
+    values = [metric.value(recs) for _, recs, _ in groups]
+    points = [_point(v) for v in values]
+    bars = ax.bar(range(len(groups)), points, color=[run_color(run) for run, _, _ in groups], edgecolor="#333333",
                   linewidth=0.6, width=0.7)
-    ax.bar_label(bars, labels=[metric.label(v) for v in values], padding=2, fontsize=8)
-    ax.set_xticks(range(len(records)), names, rotation=25, ha="right", rotation_mode="anchor")
-    _headroom(ax, values, metric.log)
+    for bar, (_, _, bad) in zip(bars, groups):
+        if bad:
+            bar.set_hatch("xx")
+            bar.set_edgecolor("#B00000")
+    _error_bars(ax, list(range(len(groups))), values)
+    ax.bar_label(bars, labels=[metric.label(p) for p in points], padding=2, fontsize=8)
+    _tick_labels(ax, groups)
+    _headroom(ax, [v.high if isinstance(v, Interval) else _point(v) for v in values], metric.log)
     if metric.log:
         ax.yaxis.set_major_locator(LogLocator(base=10, numticks=12))
         ax.yaxis.set_major_formatter(FuncFormatter(_count_tick if metric.label is format_count
@@ -133,7 +174,53 @@ def metric_bars(records: list[dict], metric: str, run_ids: list[str], ax: Axes |
     chosen = [r for r in records if r["run_id"] in set(run_ids)]
     if not chosen:
         return _empty(ax, "select at least one run" if records else "no results yet: run notebooks 01–03")
+    if all(METRICS[metric].value(recs) is None for recs in by_run(chosen).values()):
+        return _empty(ax, f"no {metric} in these results")
     return _bars(ax, chosen, METRICS[metric])
+
+
+def _category_means(recs: list[dict]) -> dict[str, float] | None:
+    found = [(r.get("memory") or {}).get("categories") for r in recs]
+    found = [c for c in found if c]
+    if not found:
+        return None
+    return {c: sum(f[c] for f in found) / len(found) / MIB for c in MEMORY_CATEGORIES}
+
+
+def memory_panel(ax: Axes, records: list[dict]) -> Axes:
+    """Memory of a training step stacked by category (each at its largest during the step), the measured step peak
+    as a black tick, and the prediction made before training as a hollow diamond."""
+    groups = _groups(records)
+    means = [_category_means(recs) for _, recs, _ in groups]
+    if not any(means):  # results without categories: the peak alone
+        return _bars(ax, records, METRICS["peak memory"])
+    xs = list(range(len(groups)))
+    bottom = [0.0] * len(groups)
+    for category in MEMORY_CATEGORIES:
+        heights = [m[category] if m else 0.0 for m in means]
+        ax.bar(xs, heights, bottom=bottom, width=0.7, color=CATEGORY_COLORS[category], edgecolor="#333333",
+               linewidth=0.4, label=category)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    peaks = [interval(recs, MEASURES["peak memory MiB"]) for _, recs, _ in groups]
+    ax.scatter(xs, [_point(p) for p in peaks], marker="_", s=500, color="black", linewidths=2, zorder=5,
+               label="measured step peak")
+    _error_bars(ax, xs, peaks)
+    predicted = [((recs[0].get("memory") or {}).get("predicted") or {}).get("total") for _, recs, _ in groups]
+    if any(predicted):
+        ax.scatter([x for x, p in zip(xs, predicted) if p], [p / MIB for p in predicted if p], marker="D", s=30,
+                   facecolor="white", edgecolor="black", zorder=6, label="predicted before training")
+    for x, total in zip(xs, bottom):
+        ax.text(x, total, f"{format_number(total)}", ha="center", va="bottom", fontsize=8)
+    _tick_labels(ax, groups)
+    _headroom(ax, bottom + [_point(p) for p in peaks], False, 1.45)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: labels[k] not in MEMORY_CATEGORIES)  # categories first
+    ax.legend([handles[k] for k in order], [labels[k] for k in order], fontsize=7, ncols=3, loc="upper center",
+              frameon=False)
+    ax.set_title("Memory of a training step by category (MiB)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return ax
 
 
 # ---------------------------------------------------------------- the four-panel comparison
@@ -152,22 +239,25 @@ def _subtitle(records: list[dict]) -> str:
 
 
 def _perplexity_panel(ax: Axes, records: list[dict]) -> None:
-    """Before (light, hatched) and after (solid) side by side: the drop is what training bought."""
-    records = _ordered(records)
+    """Before (light, hatched) and after (solid, with its 95% interval) side by side: the drop is what training bought."""
+    groups = _groups(records)
     width = 0.38
-    xs = range(len(records))
-    for offset, key, style in ((-width / 2, "perplexity_before", dict(alpha=0.35, hatch="///")),
-                               (width / 2, "perplexity_after", dict(alpha=1.0))):
-        values = [r["eval"][key] for r in records]
-        bars = ax.bar([x + offset for x in xs], values, width=width, color=[run_color(r["run_id"]) for r in records],
-                      edgecolor="#333333", linewidth=0.6, **style)
+    xs = list(range(len(groups)))
+    colors = [run_color(run) for run, _, _ in groups]
+    before = [sum(r["eval"]["perplexity_before"] for r in recs) / len(recs) for _, recs, _ in groups]
+    after = [interval(recs, MEASURES["perplexity after"]) for _, recs, _ in groups]
+    for offset, values, style in ((-width / 2, before, dict(alpha=0.35, hatch="///")),
+                                  (width / 2, [_point(v) for v in after], dict(alpha=1.0))):
+        bars = ax.bar([x + offset for x in xs], values, width=width, color=colors, edgecolor="#333333", linewidth=0.6,
+                      **style)
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=2, fontsize=7)
-    ax.set_xticks(list(xs), [r["run_id"] for r in records], rotation=25, ha="right", rotation_mode="anchor")
+    _error_bars(ax, [x + width / 2 for x in xs], after)
+    _tick_labels(ax, groups)
     # Extra headroom: the legend sits in a strip above the tallest bar, never on a bar.
-    _headroom(ax, [max(r["eval"]["perplexity_before"], r["eval"]["perplexity_after"]) for r in records], False, 1.35)
+    _headroom(ax, before + [v.high if isinstance(v, Interval) else _point(v) for v in after], False, 1.35)
     # Neutral legend swatches (Patch handles, not extra bars): the colour means the run, the fill means when.
     ax.legend(handles=[Patch(facecolor="#bbbbbb", hatch="///", alpha=0.5, edgecolor="#333333", label="before training"),
-                       Patch(facecolor="#555555", edgecolor="#333333", label="after training")],
+                       Patch(facecolor="#555555", edgecolor="#333333", label="after training (95% CI)")],
               fontsize=8, loc="upper center", ncols=2, frameon=False)
     ax.set_title("Held-out perplexity (lower is better)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -182,17 +272,15 @@ def comparison_figure(records: list[dict], save_to: Path | None = None) -> Figur
     fig = Figure(figsize=(17, 4.6), layout="constrained")
     axes = fig.subplots(1, 4)
     if not records:
-        titles = [METRICS["trainable params"].title, METRICS["peak memory"].title, METRICS["tokens/s"].title,
-                  "Held-out perplexity (lower is better)"]
+        titles = [METRICS["trainable params"].title, "Memory of a training step by category (MiB)",
+                  METRICS["tokens/s"].title, "Held-out perplexity (lower is better)"]
         for ax, title in zip(axes, titles):
             _empty(ax, "no results")
             ax.set_title(title, fontsize=10)
         fig.suptitle("No valid results yet: run notebooks 01–03, then this one again", fontsize=12)
     else:
         _bars(axes[0], records, METRICS["trainable params"])
-        _bars(axes[1], records, METRICS["peak memory"])
-        kinds = sorted({MEMORY_KINDS.get(r["training"]["memory_kind"], r["training"]["memory_kind"]) for r in records})
-        axes[1].set_title(f"Peak training memory (MiB)\n{' / '.join(kinds)}, above baseline", fontsize=10)
+        memory_panel(axes[1], records)
         _bars(axes[2], records, METRICS["tokens/s"])
         _perplexity_panel(axes[3], records)
         fig.suptitle("Full fine-tuning vs LoRA vs QLoRA", fontsize=13, fontweight="bold")
@@ -233,51 +321,65 @@ def save_figure(fig: Figure, path: Path) -> tuple[Path, Path]:
 # ---------------------------------------------------------------- single-axis plots
 
 def loss_curves(records: list[dict], ax: Axes | None = None) -> Axes:
-    """Training loss vs step, all runs on one axis."""
+    """Training loss vs step: each run's mean over seeds as a line, each seed as a faint line behind it."""
     ax = _new_axes(ax)
     drawn = 0
-    for r in _ordered(records):
-        log = r["training"]["log"]
-        if not log:
+    for run_id, recs, _ in _groups(records):
+        logs = [r["training"]["log"] for r in recs if r["training"]["log"]]
+        if not logs:
             continue
-        steps = [entry["step"] for entry in log]
-        ax.plot(steps, [entry["loss"] for entry in log], label=r["run_id"], color=run_color(r["run_id"]),
-                marker="o" if len(log) <= 30 else None, markersize=3, linewidth=1.5)
+        color = run_color(run_id)
+        by_step: dict[int, list[float]] = {}
+        for log in logs:
+            for entry in log:
+                by_step.setdefault(entry["step"], []).append(entry["loss"])
+            if len(logs) > 1:
+                ax.plot([e["step"] for e in log], [e["loss"] for e in log], color=color, alpha=0.25, linewidth=0.8)
+        steps = sorted(by_step)
+        ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], label=run_id, color=color,
+                marker="o" if len(steps) <= 30 else None, markersize=3, linewidth=1.5)
         drawn += 1
     if not drawn:
         return _empty(ax, "no training logs yet: run notebooks 01–03")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (nats/token)")
-    ax.set_title("Training loss", fontsize=10)
+    ax.set_title("Training loss (mean over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return ax
 
 
-def perplexity_vs_params(records: list[dict], ax: Axes | None = None) -> Axes:
-    """What each run bought (perplexity after) for what it trained (trainable parameters, log x)."""
-    ax = _new_axes(ax)
-    records = _ordered(records)
-    if not records:
-        return _empty(ax, "no results yet: run notebooks 01–03")
+def _scatter_runs(ax: Axes, points: list[tuple[str, float, Interval | None]], xlog: bool) -> None:
+    """Runs as dots with vertical 95% whiskers; runs sharing an x get their labels on alternate sides."""
     placed: list[float] = []
-    for r in records:
-        x, y = r["params"]["trainable"], r["eval"]["perplexity_after"]
-        ax.scatter([x], [y], s=60, color=run_color(r["run_id"]), edgecolor="#333333", zorder=3)
-        # QLoRA has exactly LoRA r16's trainable parameters: runs sharing an x get their labels on alternate sides.
-        twins = sum(1 for other in placed if abs(math.log10(x) - math.log10(other)) < 0.06)
+    for run_id, x, y in points:
+        ax.scatter([x], [_point(y)], s=60, color=run_color(run_id), edgecolor="#333333", zorder=3)
+        _error_bars(ax, [x], [y])
+        near = (lambda a, b: abs(math.log10(a) - math.log10(b)) < 0.06) if xlog else (lambda a, b: abs(a - b) < 1e-9)
+        twins = sum(1 for other in placed if near(x, other))
         placed.append(x)
         left = twins % 2 == 1
-        ax.annotate(r["run_id"], (x, y), textcoords="offset points", xytext=(-8 if left else 8, 0),
+        ax.annotate(run_id, (x, _point(y)), textcoords="offset points", xytext=(-8 if left else 8, 0),
                     ha="right" if left else "left", va="center", fontsize=8)
-    base = next((r for r in records if r["method"] != "qlora"), None)
+
+
+def perplexity_vs_params(records: list[dict], ax: Axes | None = None) -> Axes:
+    """What each run bought (perplexity after, mean ± 95% interval) for what it trained (trainable parameters, log x)."""
+    ax = _new_axes(ax)
+    groups = _groups(records)
+    if not groups:
+        return _empty(ax, "no results yet: run notebooks 01–03")
+    points = [(run, recs[0]["params"]["trainable"], interval(recs, MEASURES["perplexity after"]))
+              for run, recs, _ in groups]
+    _scatter_runs(ax, points, xlog=True)
+    base = next((recs[0] for _, recs, _ in groups if recs[0]["method"] != "qlora"), None)
     if base is not None:  # the untrained full-precision model: the line every run should get below
         ax.axhline(base["eval"]["perplexity_before"], color="#888888", linestyle="--", linewidth=1,
                    label=f"base model before training ({base['eval']['perplexity_before']:.2f})")
         ax.legend(fontsize=8, frameon=False, loc="best")
     ax.set_xscale("log")
-    xs = [r["params"]["trainable"] for r in records]
+    xs = [x for _, x, _ in points]
     ax.set_xlim(min(xs) / 4, max(xs) * 6)  # room on both sides for the labels
     ax.xaxis.set_major_formatter(FuncFormatter(_count_tick))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -288,5 +390,58 @@ def perplexity_vs_params(records: list[dict], ax: Axes | None = None) -> Axes:
     return ax
 
 
-__all__ = ["RUN_COLORS", "RUN_ORDER", "METRICS", "run_color", "comparison_figure", "save_figure", "loss_curves",
-           "perplexity_vs_params", "metric_bars"]
+def learning_vs_forgetting(records: list[dict], ax: Axes | None = None) -> Axes:
+    """Learning (held-out perplexity after, x) against forgetting (general-text perplexity after, y), each run's mean
+    with its 95% interval; dashed lines mark the base model on both. Down and left is better."""
+    ax = _new_axes(ax)
+    groups = [(run, recs) for run, recs, _ in _groups(records) if any(r.get("forgetting") for r in recs)]
+    if not groups:
+        return _empty(ax, "no general-text (forgetting) measurements in these results")
+    points = []
+    for run, recs in groups:
+        x = interval(recs, MEASURES["perplexity after"])
+        y = interval(recs, MEASURES["general-text after"])
+        points.append((run, x.mean, y))
+        if isinstance(x, Interval) and x.method != "single":
+            ax.errorbar([x.mean], [_point(y)], xerr=[[x.mean - x.low], [x.high - x.mean]], fmt="none",
+                        ecolor="#222222", elinewidth=1, capsize=3, zorder=4)
+    _scatter_runs(ax, points, xlog=False)
+    base = next((recs[0] for _, recs in groups if recs[0]["method"] != "qlora"), None)
+    if base is not None:
+        ax.axvline(base["eval"]["perplexity_before"], color="#888888", linestyle="--", linewidth=1)
+        ax.axhline(base["forgetting"]["perplexity_before"], color="#888888", linestyle="--", linewidth=1,
+                   label="base model before training")
+        ax.legend(fontsize=8, frameon=False, loc="best")
+    ax.set_xlabel("held-out perplexity after training (learning: lower is better)")
+    ax.set_ylabel("general-text perplexity after (forgetting: lower is better)")
+    ax.set_title("What each method learned vs what it forgot", fontsize=10)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def sweep_figure(result: dict) -> Figure:
+    """Validation perplexity against the learning rate (log x), one line per swept run, its best rate circled."""
+    fig = Figure(figsize=(7.5, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for run_id, best in result["best"].items():
+        rates = sorted(float(r) for r in best["by_rate"])
+        values = [best["by_rate"][r] if r in best["by_rate"] else best["by_rate"][str(r)] for r in rates]
+        ax.plot(rates, values, marker="o", color=run_color(run_id), label=run_id, linewidth=1.5)
+        ax.scatter([best["learning_rate"]], [best["validation_perplexity"]], s=160, facecolor="none",
+                   edgecolor=run_color(run_id), linewidths=2, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("validation perplexity after training")
+    ratio = result.get("lora_to_full_ratio")
+    ax.set_title("Learning-rate sweep on the validation split" + (f" · best LoRA / full = {ratio:.1f}×" if ratio
+                                                                  else ""), fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, frameon=False)
+    fig.supxlabel(f"profile {result['profile']} · {result['validation_examples']} validation examples · seeds "
+                  f"{result['seeds']} · {result['precision']} · {result['device']}", fontsize=8, color="#444444")
+    return fig
+
+
+__all__ = ["CATEGORY_COLORS", "METRICS", "RUN_COLORS", "RUN_ORDER", "comparison_figure", "learning_vs_forgetting",
+           "loss_curves", "memory_panel", "metric_bars", "perplexity_vs_params", "run_color", "save_figure",
+           "sweep_figure"]

@@ -1,24 +1,57 @@
-"""Results files: one JSON per run, validated against results_schema.json, written atomically."""
+"""Results files: one JSON per (run, seed), built here, validated against results_schema.json, written atomically."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from jsonschema import Draft202012Validator, FormatChecker
 
+from .environment import package_versions
+
 SCHEMA_PATH = Path(__file__).with_name("results_schema.json")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 _VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())
 
 RUN_ORDER = ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")  # every table and plot uses this order
+SIDE_FILES = {"human_eval.json", "bench.json", "sweep.json"}  # JSON in a results folder that is not a run
+# The source files whose code decides a run's numbers: a stored result made by other code is not reused.
+TRAINING_PATH = ("training.py", "specs.py", "evaluation.py", "models.py", "data.py")
+VERSION_KEYS = ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
 
 
 class ResultsError(ValueError):
     pass
+
+
+def file_name(run_id: str, seed: int) -> str:
+    return f"{run_id}-seed{seed}.json"
+
+
+def code_version() -> str:
+    h = hashlib.sha256()
+    for name in TRAINING_PATH:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_fingerprint(spec, profile, seed: int, env, data_fingerprint: str, layout: tuple = (1, 1, False)) -> str:
+    """What decides a run's numbers: spec, seed, budget, data, precision, device, process layout (processes,
+    accumulation, sharding), package versions and the code of the training path. A stored result with another
+    fingerprint is stale and is run again."""
+    settings = {k: v for k, v in asdict(profile).items() if k not in ("seeds", "name")}
+    versions = package_versions()
+    return digest(asdict(spec), settings, seed, data_fingerprint, env.precision.name, env.device_name,
+                  {k: versions.get(k) for k in VERSION_KEYS}, code_version(), SCHEMA_VERSION, list(layout))
 
 
 def problems(record: object) -> list[str]:
@@ -30,7 +63,7 @@ def problems(record: object) -> list[str]:
 def validate(record: dict) -> dict:
     found = problems(record)
     if found:
-        raise ResultsError("results record does not match the schema v1:\n  " + "\n  ".join(found[:10]))
+        raise ResultsError(f"results record does not match the schema v{SCHEMA_VERSION}:\n  " + "\n  ".join(found[:10]))
     return record
 
 
@@ -59,18 +92,24 @@ def write_json_atomic(data: dict, path: Path) -> Path:
     return path
 
 
+class OlderSchema(ResultsError):
+    """A results file from an earlier version of the lab: listed, never read as current."""
+
+
 def read(path: Path) -> dict:
     """A valid record, or ResultsError saying why not (unparsable, older schema, schema violation)."""
     try:
         record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ResultsError(f"cannot be parsed as JSON ({err})") from err
     if not isinstance(record, dict):
         raise ResultsError("is not a JSON object")
     version = record.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ResultsError(f"schema_version is {version!r}, this lab reads {SCHEMA_VERSION}; re-run that notebook "
-                           "to regenerate it")
+        older = isinstance(version, int) and version < SCHEMA_VERSION
+        cls = OlderSchema if older else ResultsError
+        raise cls(f"older schema (v{version}); this lab reads v{SCHEMA_VERSION}: re-run the notebook that wrote it"
+                  if older else f"schema_version is {version!r}, this lab reads {SCHEMA_VERSION}")
     found = problems(record)
     if found:
         raise ResultsError("does not match the schema: " + "; ".join(found[:3]))
@@ -81,15 +120,114 @@ def run_sort_key(run_id: str) -> tuple[int, str]:
     return (RUN_ORDER.index(run_id) if run_id in RUN_ORDER else len(RUN_ORDER), run_id)
 
 
+def record_sort_key(record: dict) -> tuple[int, str, int]:
+    return (*run_sort_key(record["run_id"]), record["seed"])
+
+
 def load_all(directory: Path) -> tuple[list[dict], list[tuple[str, str]]]:
-    """(valid records in RUN_ORDER, [(file name, reason)] for every file left out). Never raises on bad files."""
+    """(valid records in RUN_ORDER then seed, [(file name, reason)] for every file left out). Never raises on bad files."""
     records, rejected = [], []
     for path in sorted(Path(directory).glob("*.json")):
-        if path.name.startswith(".") or path.name == "human_eval.json":
+        if path.name.startswith(".") or path.name in SIDE_FILES:
             continue
         try:
             records.append(read(path))
         except ResultsError as err:
             rejected.append((path.name, str(err)))
-    records.sort(key=lambda r: run_sort_key(r["run_id"]))
+    records.sort(key=record_sort_key)
     return records, rejected
+
+
+def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at: str, fingerprint: str,
+                 targets: list[str] | None, data, params: tuple[int, int, int], outcome, memory: dict, before: dict,
+                 after: dict, forgetting_after: dict | None, generations_after: list[str],
+                 artifact: tuple[str, int], parallel=None) -> dict:
+    """The results record of one (run, seed): every number the tables, plots and notes read."""
+    trainable, total, expected = params
+    versions = package_versions()
+    lora = None if spec.lora is None else {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
+                                           "target_modules": targets}
+    quant = None if spec.quantization is None else {
+        "bits": spec.quantization.bits, "quant_type": spec.quantization.quant_type,
+        "double_quant": spec.quantization.double_quant, "compute_dtype": str(env.precision.dtype).removeprefix("torch.")}
+    forgetting = None
+    if forgetting_after is not None and before.get("forgetting") is not None:
+        fb = before["forgetting"]
+        forgetting = {"manifest": profile.forgetting, "tokens": forgetting_after["tokens"],
+                      "loss_before": fb["loss"], "perplexity_before": fb["perplexity"],
+                      "loss_after": forgetting_after["loss"], "perplexity_after": forgetting_after["perplexity"],
+                      "per_example_before": fb["per_example"], "per_example_after": forgetting_after["per_example"]}
+    eb = before["eval"]
+    worse = after["perplexity"] > eb["perplexity"]
+    return {
+        "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "method": spec.method, "seed": seed,
+        "started_at": started_at, "finished_at": finished_at, "config_fingerprint": fingerprint,
+        "code_version": code_version(), "lora": lora, "quantization": quant,
+        "model": {"preset": profile.model, "source": "bundled" if profile.model.endswith("-bundled") else "hub",
+                  "total_params": total - (trainable if spec.lora else 0)},
+        "data": {"manifest": data.manifest.name, "fingerprint": data.fingerprint, "train_examples": len(data.train),
+                 "eval_examples": len(data.eval), "data_seed": profile.data_seed,
+                 "template": "chat" if data.conversational else "instruction"},
+        "params": {"trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
+                   "expected_trainable": expected},
+        "training": {"steps": outcome.steps, "tokens": outcome.tokens, "target_tokens": outcome.target_tokens,
+                     "seconds": outcome.seconds, "seconds_total": outcome.seconds_total,
+                     "tokens_per_second": outcome.tokens_per_second, "learning_rate": outcome.learning_rate,
+                     "optimizer": outcome.optimizer, "batch_size": profile.batch_size, "precision": env.precision.name,
+                     "gradient_checkpointing": outcome.gradient_checkpointing, "loss_head": outcome.loss_head,
+                     "trainable_dtypes": outcome.trainable_dtypes,
+                     "resumed_from_step": outcome.resumed_from_step, "step_seconds": outcome.step_seconds,
+                     "processes": parallel.processes if parallel else 1,
+                     "accumulation": parallel.accumulation if parallel else 1,
+                     "sharded": bool(parallel and parallel.fsdp), "global_batch": profile.batch_size,
+                     "per_device_batch": parallel.per_device_batch(profile.batch_size) if parallel
+                     else profile.batch_size,
+                     "log": outcome.log},
+        "memory": memory,
+        "eval": {"tokens": after["tokens"], "loss_before": eb["loss"], "perplexity_before": eb["perplexity"],
+                 "bits_per_token_before": eb["bits_per_token"], "loss_after": after["loss"],
+                 "perplexity_after": after["perplexity"], "bits_per_token_after": after["bits_per_token"],
+                 "per_example_before": eb["per_example"], "per_example_after": after["per_example"]},
+        "forgetting": forgetting,
+        "status": {"worse_than_before": worse,
+                   "notes": ([f"held-out perplexity rose from {eb['perplexity']:.2f} to {after['perplexity']:.2f}: "
+                              "this run made the model worse (learning rate too high for this method?)"]
+                             if worse else [])},
+        "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in
+                        zip(data.instructions, before["generations"], generations_after)],
+        # relative to the results folder, so a results folder can be moved or copied (Drive, a USB stick)
+        "artifact": {"path": artifact[0], "bytes": artifact[1]},
+        "environment": {"device": env.device_name, "device_kind": env.device, "dtype": env.precision.name,
+                        "profile": profile.name, **{k: versions.get(k) for k in VERSION_KEYS}},
+    }
+
+
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "reference_results"
+BENCH_FILE = "bench.json"  # written by `make bench`; the committed one is in REFERENCE_DIR
+
+
+def load_or_reference(directory: Path) -> tuple[Path, list[dict], list[tuple[str, str]], str | None]:
+    """(folder read, records, files left out, None) for a folder with results; the committed reference set, with a
+    label saying what it is, when the folder has no valid run at all (a fresh Colab runtime, a new clone)."""
+    records, left_out = load_all(directory)
+    if records or not REFERENCE_DIR.is_dir():
+        return Path(directory), records, left_out, None
+    reference, _ = load_all(REFERENCE_DIR)
+    if not reference:
+        return Path(directory), records, left_out, None
+    first = min(r["finished_at"][:10] for r in reference)
+    label = (f"make lab, profile {reference[0]['environment']['profile']}, {reference[0]['environment']['device']}, "
+             f"{first}, in {REFERENCE_DIR}")
+    return REFERENCE_DIR, reference, left_out, label
+
+
+def load_bench(directory: Path | None = None) -> dict | None:
+    """The latest `make bench` measurement: `directory`'s, else the committed reference one; None when neither exists."""
+    for folder in ([Path(directory)] if directory else []) + [REFERENCE_DIR]:
+        path = folder / BENCH_FILE
+        if path.exists():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    return None

@@ -1,23 +1,24 @@
-"""A notebook's session: profile + data + the run of one spec end to end, skipped when already done."""
+"""A notebook's session: profile, data, and the run of one (spec, seed) end to end, skipped when already done."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
+import shutil
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
-from . import results
-from .data import LabData, load_manifest, prepare_data
-from .environment import Environment, detect, package_versions, results_dir, write_directory_atomically
+from . import baseline, memory, profiles, results, specs, tracking
+from .data import LabData, prepare_data, prepare_text
+from .environment import Environment, Parallel, detect, launched_parallel, results_dir, write_directory_atomically
 from .evaluation import generate, perplexity
-from .models import get_preset, load_model, load_tokenizer, parameter_count
+from .memory import MemoryMeter
+from .models import bnb_config, get_preset, load_config, load_model, load_tokenizer, parameter_count
 from .profiles import Profile, get_profile
-from .training import MemoryMeter, RunSpec, build_model, expected_lora_parameters, release, target_modules, train
+from .specs import RunSpec, check
+from .training import (build_base, complete_checkpoint, expected_lora_parameters, make_trainer, target_modules,
+                       train)
 
 
 def _now() -> str:
@@ -28,25 +29,42 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def save_artifact(model: torch.nn.Module, target: Path) -> int:
-    """Adapter only for LoRA/QLoRA (PEFT saves just the adapter), the whole model for full fine-tuning."""
-    return directory_bytes(write_directory_atomically(target, model.save_pretrained))
+def release() -> None:
+    """After the caller drops its last reference to a model: give its memory back before the next run."""
+    import gc
+
+    from .environment import return_freed_memory_to_os
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return_freed_memory_to_os()
 
 
 class Lab:
     """What one notebook works with. Settings left as None take the profile's value."""
 
-    def __init__(self, profile: str | None = None, results: str | Path | None = None, **overrides):
+    def __init__(self, profile: str | None = None, results: str | Path | None = None,
+                 seeds: int | list[int] | None = None, report_to: str = "none", parallel: Parallel | None = None,
+                 **overrides):
+        self.report_to = tracking.check_report_to(report_to)
+        self.profile: Profile = get_profile(profile, seeds=seeds, **overrides)
         self.env: Environment = detect()
-        self.profile: Profile = get_profile(profile, **overrides)
         self.results_dir = Path(results) if results else results_dir()
-        self._before: dict[tuple, tuple[dict, list[str]]] = {}
+        # Under torchrun / accelerate launch: several processes train one run (helpers.distributed)
+        self.parallel: Parallel = parallel or launched_parallel()
+        self.parallel.per_device_batch(self.profile.batch_size)  # refused now if the batch cannot be split
 
     def describe(self) -> str:
         p = self.profile
+        forgetting = f"; forgetting on {p.forgetting}" if p.forgetting else ""
         return (f"{self.env.describe()}\nprofile {p.name}: model {p.model}, data {p.dataset}, "
                 f"{p.max_steps} steps x {p.batch_size} examples (max {p.max_length} tokens), "
-                f"eval on {p.eval_examples} held-out examples\nresults -> {self.results_dir}")
+                f"held-out {p.eval_examples} examples{forgetting}; training seeds {list(p.seeds)}; "
+                f"{self.parallel.describe()}\nresults -> {self.results_dir}")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.profile.seeds
 
     @cached_property
     def tokenizer(self):
@@ -55,25 +73,89 @@ class Lab:
     @cached_property
     def data(self) -> LabData:
         p = self.profile
-        return prepare_data(p.dataset, self.tokenizer, get_preset(p.model).prompt_format, p.max_length,
-                            p.train_examples, p.eval_examples, p.generation_prompts, p.seed)
+        return prepare_data(p.dataset, self.tokenizer, self.tokenizer.chat_template is not None, p.max_length,
+                            p.train_examples, p.eval_examples, p.generation_prompts, p.data_seed,
+                            p.validation_examples)
+
+    @cached_property
+    def forgetting_set(self):
+        p = self.profile
+        if not p.forgetting:
+            return None
+        return prepare_text(p.forgetting, self.tokenizer, p.max_length, p.forgetting_tokens, p.data_seed)
+
+    # ---------------------------------------------------------------- where things live
+
+    def result_path(self, run_id: str, seed: int) -> Path:
+        return self.results_dir / results.file_name(run_id, seed)
 
     def artifact_path(self, record: dict) -> Path:
         return self.results_dir / record["artifact"]["path"]
 
-    def result_path(self, run_id: str) -> Path:
-        return self.results_dir / f"{run_id}.json"
+    def checkpoint_dir(self, run_id: str, seed: int) -> Path:
+        return self.results_dir / "checkpoints" / results.file_name(run_id, seed).removesuffix(".json")
 
-    def config_fingerprint(self, spec: RunSpec) -> str:
-        """What decides a run's numbers; a stored result with another fingerprint is stale."""
-        manifest = load_manifest(self.profile.dataset).path.read_text()
-        blob = json.dumps([asdict(spec), asdict(self.profile), manifest, results.SCHEMA_VERSION,
-                           self.env.device, self.env.precision.name], sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    # ---------------------------------------------------------------- measuring
 
-    def finished(self, spec: RunSpec) -> dict | None:
-        """The stored result for this exact spec and profile, if a valid one exists."""
-        path = self.result_path(spec.run_id)
+    def base_model(self, quantization=None) -> torch.nn.Module:
+        """The untouched base model: full precision, or 4-bit when given a QuantSpec."""
+        config = None if quantization is None else bnb_config(quantization.quant_type, quantization.double_quant,
+                                                             self.env.precision.dtype)
+        return load_model(self.profile.model, self.env.device, config)
+
+    def evaluate(self, model: torch.nn.Module) -> dict:
+        return perplexity(model, self.data.eval, self.env.precision, self.profile.eval_batch_tokens,
+                          self.tokenizer.pad_token_id)
+
+    def evaluate_forgetting(self, model: torch.nn.Module) -> dict | None:
+        if self.forgetting_set is None:
+            return None
+        return perplexity(model, self.forgetting_set, self.env.precision, self.profile.eval_batch_tokens,
+                          self.tokenizer.pad_token_id)
+
+    def generate(self, model: torch.nn.Module) -> list[str]:
+        return generate(model, self.tokenizer, self.data.prompt_ids, self.profile.generation_tokens,
+                        self.env.precision)
+
+    def tokens_per_step(self) -> int:
+        """Tokens in an average optimizer step: batch_size examples of the training set's mean length."""
+        lengths = [len(x) for x in self.data.train["input_ids"]]
+        return round(self.profile.batch_size * sum(lengths) / len(lengths))
+
+    def predict_memory(self, spec: RunSpec, tokens: int | None = None, processes: int = 1,
+                       sharded: bool = False) -> dict[str, int]:
+        """Bytes one training step of `spec` needs on this device, by category, from the spec and the architecture."""
+        processes = processes if processes > 1 else self.parallel.processes
+        sharded = sharded or self.parallel.fsdp
+        per_device = (tokens or self.tokens_per_step()) // (processes * self.parallel.accumulation)
+        return memory.predict(load_config(self.profile.model), spec, self.env.precision.name, self.env.device,
+                              max(1, per_device), processes, sharded,
+                              targets=get_preset(self.profile.model).lora_targets)
+
+    def check_fits(self, spec: RunSpec) -> None:
+        """On a GPU, refuse before loading anything a run whose predicted peak exceeds the free memory."""
+        if self.env.device != "cuda":
+            return  # a CPU run swaps or is killed by the OS; its memory is the machine's, not a fixed card's
+        free, _ = torch.cuda.mem_get_info()
+        preset = get_preset(self.profile.model)
+        where = f" on each of {self.parallel.processes} GPUs" if self.parallel.processes > 1 else ""
+        memory.check_fits(self.predict_memory(spec), free, f"{spec.run_id} ({spec.method} of {preset.hub_id or preset.name}{where})",
+                          memory.cheaper_choices(load_config(self.profile.model), preset.lora_targets,
+                                                 self.env.precision.name, self.env.device, self.tokens_per_step()))
+
+    def baseline(self, quantization=None) -> dict:
+        """The base model's numbers before training, computed once per profile and read back afterwards."""
+        return baseline.get(self, quantization)
+
+    # ---------------------------------------------------------------- runs
+
+    def fingerprint(self, spec: RunSpec, seed: int) -> str:
+        return results.config_fingerprint(spec, self.profile, seed, self.env, self.data.fingerprint,
+                                          (self.parallel.processes, self.parallel.accumulation, self.parallel.fsdp))
+
+    def finished(self, spec: RunSpec, seed: int) -> dict | None:
+        """The stored result for this exact spec, seed, profile, data, packages and code, if a trustworthy one exists."""
+        path = self.result_path(spec.run_id, seed)
         if not path.exists():
             return None
         try:
@@ -81,93 +163,112 @@ class Lab:
         except results.ResultsError as err:
             print(f"{path.name} is unusable ({err}); it will be run again.")
             return None
-        if record.get("config_fingerprint") != self.config_fingerprint(spec):
-            print(f"{path.name} was made with other settings; it will be run again.")
+        if record.get("config_fingerprint") != self.fingerprint(spec, seed):
+            print(f"{path.name} was made with other settings, data, packages or code; it will be run again.")
+            return None
+        artifact = self.artifact_path(record)
+        if not artifact.is_dir() or directory_bytes(artifact) != record["artifact"]["bytes"]:
+            print(f"{path.name}: its saved {'adapter' if record['lora'] else 'model'} in {artifact} is missing or "
+                  "damaged; the run will be repeated.")
             return None
         return record
 
-    def base_model(self) -> torch.nn.Module:
-        """The untouched full-precision base model, e.g. for the 'before' picture."""
-        return load_model(self.profile.model, self.env.device)
+    def _main_first(self):
+        if self.parallel.processes == 1:
+            from contextlib import nullcontext
+            return nullcontext()
+        from accelerate import PartialState
+        return PartialState().main_process_first()
 
-    def evaluate(self, model: torch.nn.Module, desc: str = "perplexity") -> dict[str, float]:
-        return perplexity(model, self.data.eval, self.tokenizer.pad_token_id, self.profile.eval_batch_size,
-                          desc=desc)
+    def _memory_block(self, spec: RunSpec, probe, meter: MemoryMeter, trainer) -> dict:
+        """The measured categories of the sampled step (per device: this process's; every process's in
+        per_process), the prediction for that step's tokens, and the device's own peak over the whole training
+        (labelled: CUDA max allocated and reserved, or CPU RSS sampled)."""
+        measured = probe.result()
+        block = {"device_peak_bytes": meter.peak_bytes, "device_peak_kind": meter.kind,
+                 "device_reserved_bytes": meter.reserved}
+        if self.parallel.processes > 1:
+            from accelerate.utils import gather_object
+            block["per_process"] = gather_object([{"rank": self.parallel.rank, "device_peak_bytes": meter.peak_bytes,
+                                                   "categories": measured}])
+        if measured is not None:
+            step = next((s for s in trainer.steps if s.step == probe.step), None)
+            tokens = step.tokens if step is not None else self.tokens_per_step()
+            block.update({"categories": {c: measured[c] for c in memory.CATEGORIES},
+                          "step_peak_bytes": measured["step_peak"], "sampled_step": probe.step,
+                          "sampled_step_tokens": tokens,
+                          "predicted": self.predict_memory(spec, tokens)})
+        return block
 
-    def generate(self, model: torch.nn.Module) -> list[str]:
-        return generate(model, self.tokenizer, self.data.prompts, self.profile.generation_tokens)
+    def run(self, spec: RunSpec, force: bool = False) -> list[dict]:
+        """Every training seed of the profile for this spec (one results file each); finished ones are skipped.
+        A spec that cannot run on this model is refused here, before anything is loaded or written."""
+        check(spec)
+        force = profiles.check_flag("FORCE", force)
+        specs.check_targets_for_model(spec, self.profile.model)
+        done = [self.run_seed(spec, seed, force) for seed in self.seeds]
+        return [r for r in done if r is not None]  # other processes of a distributed run return None
 
-    def _before_training(self, spec: RunSpec, model: torch.nn.Module) -> tuple[dict, list[str]]:
-        # A fresh LoRA adapter is exactly zero (B = 0), so every unquantized run starts from the same
-        # base numbers: measure them once per session, once more for the 4-bit base.
-        key = (self.profile.model, spec.quantization)
-        if key not in self._before:
-            self._before[key] = (self.evaluate(model, "perplexity before"), self.generate(model))
-        return self._before[key]
-
-    def run(self, spec: RunSpec, force: bool = False) -> dict:
-        """Build, evaluate, train, evaluate, save, record. Skipped when a matching result exists."""
-        if not force and (done := self.finished(spec)) is not None:
-            print(f"{spec.run_id}: already done ({self.result_path(spec.run_id)}), skipped. "
+    def run_seed(self, spec: RunSpec, seed: int, force: bool = False) -> dict | None:
+        """Build, train, evaluate, save, record one (spec, seed). Skipped when a matching result exists. In a
+        distributed run every process trains; the main process evaluates and writes (the others return None)."""
+        check(spec)
+        label = results.file_name(spec.run_id, seed).removesuffix(".json")
+        if not force and (done := self.finished(spec, seed)) is not None:
+            print(f"{label}: already done ({self.result_path(spec.run_id, seed)}), skipped. "
                   "Set FORCE = True to run it again.")
             return done
         env, profile, data = self.env, self.profile, self.data
+        fingerprint = self.fingerprint(spec, seed)
+        checkpoints = self.checkpoint_dir(spec.run_id, seed)
+        if force:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        resume = complete_checkpoint(checkpoints, fingerprint) if checkpoints.exists() else None
+        self.check_fits(spec)
+        with self._main_first():  # the main process measures the base model; the others read its file
+            before = self.baseline(spec.quantization)  # also checks the forgetting set before any training
         started = _now()
         meter = MemoryMeter(env.device)  # baseline before the model exists: its weights count
-        model = build_model(spec, profile, env)
-        trainable, total = model.get_nb_trainable_parameters() if spec.lora else parameter_count(model)
-        before, generations_before = self._before_training(spec, model)
-        with meter.measure():  # training only: loading transients and evaluation are not the method's cost
-            outcome = train(model, spec, profile, env, data.train)
-        after = self.evaluate(model, "perplexity after")
+        model = build_base(spec, profile, env)
+        log_dir = self.results_dir / tracking.LOG_DIR
+        with tracking.tracking_environment(self.report_to, log_dir, label):
+            trainer = make_trainer(model, spec, profile, env, data.train, self.tokenizer, seed, checkpoints, label,
+                                   fingerprint, self.report_to, self.parallel)
+            model = trainer.model
+            probe = memory.StepMemoryProbe()
+            trainer.probe = probe
+            trainer.add_callback(probe)
+            trainable, total = model.get_nb_trainable_parameters() if spec.lora else parameter_count(model)
+            if resume is not None:
+                print(f"{label}: resuming from the checkpoint at step {resume.name.split('-')[-1]} ({resume})")
+            with meter.measure():  # training only: loading transients and evaluation are not the method's cost
+                outcome = train(trainer, resume)
+        memory_block = self._memory_block(spec, probe, meter, trainer)  # every process takes part
+        if not self.parallel.is_main:  # one results file per run, written once, by the main process
+            del model, trainer
+            release()
+            return None
+        after = self.evaluate(model)
+        forgetting_after = self.evaluate_forgetting(model)
         generations_after = self.generate(model)
-        artifact_dir = self.results_dir / "artifacts" / spec.run_id
-        artifact_bytes = save_artifact(model, artifact_dir)
-
-        lora_block = None
+        artifact_dir = self.results_dir / "artifacts" / label
+        artifact_bytes = directory_bytes(write_directory_atomically(artifact_dir, model.save_pretrained))
         expected = trainable
         if spec.lora:
-            targets = target_modules(spec, profile.model)
-            expected = expected_lora_parameters(model.get_base_model(), targets, spec.lora.r)
-            lora_block = {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
-                          "target_modules": targets}
-        quant_block = None
-        if spec.quantization:
-            quant_block = {"bits": spec.quantization.bits, "quant_type": spec.quantization.quant_type,
-                           "double_quant": spec.quantization.double_quant,
-                           "compute_dtype": str(env.precision.dtype).removeprefix("torch.")}
-        versions = package_versions()
-        record = {
-            "schema_version": results.SCHEMA_VERSION, "run_id": spec.run_id, "method": spec.method,
-            "seed": profile.seed, "started_at": started, "finished_at": _now(),
-            "config_fingerprint": self.config_fingerprint(spec),
-            "lora": lora_block, "quantization": quant_block,
-            "model": {"preset": profile.model, "source": get_preset(profile.model).source,
-                      "total_params": total - (trainable if spec.lora else 0)},
-            "data": {"manifest": data.manifest.name, "fingerprint": data.fingerprint,
-                     "train_examples": len(data.train), "eval_examples": len(data.eval)},
-            "params": {"trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
-                       "expected_trainable": expected},
-            "training": {"steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds,
-                         "tokens_per_second": outcome.tokens_per_second, "pad_fraction": outcome.pad_fraction,
-                         "peak_memory_bytes": meter.peak_bytes, "memory_kind": meter.kind,
-                         "memory_baseline_bytes": int(meter.baseline), "learning_rate": spec.learning_rate,
-                         "optimizer": outcome.optimizer, "batch_size": profile.batch_size, "log": outcome.log},
-            "eval": {"tokens": after["tokens"], "loss_before": before["loss"],
-                     "perplexity_before": before["perplexity"], "bits_per_token_before": before["bits_per_token"],
-                     "loss_after": after["loss"], "perplexity_after": after["perplexity"],
-                     "bits_per_token_after": after["bits_per_token"]},
-            "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in
-                            zip(data.instructions, generations_before, generations_after)],
-            # relative to the results folder, so a results folder can be moved or copied (Drive, a USB stick)
-            "artifact": {"path": str(artifact_dir.relative_to(self.results_dir)), "bytes": artifact_bytes},
-            "environment": {"device": env.device_name, "dtype": env.precision.name, "profile": profile.name,
-                            **{k: versions.get(k) for k in ("python", "torch", "transformers", "peft", "trl",
-                                                             "bitsandbytes")}},
-        }
-        path = results.write_atomic(record, self.result_path(spec.run_id))
-        print(f"{spec.run_id}: perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}, "
+            expected = expected_lora_parameters(model.get_base_model(), target_modules(spec, profile.model),
+                                                spec.lora.r)
+        record = results.build_record(
+            spec=spec, profile=profile, env=env, seed=seed, started_at=started, finished_at=_now(),
+            fingerprint=fingerprint, targets=target_modules(spec, profile.model) if spec.lora else None,
+            data=data, params=(trainable, total, expected), outcome=outcome,
+            memory=memory_block, parallel=self.parallel,
+            before=before, after=after, forgetting_after=forgetting_after, generations_after=generations_after,
+            artifact=(str(artifact_dir.relative_to(self.results_dir)), artifact_bytes))
+        path = results.write_atomic(record, self.result_path(spec.run_id, seed))
+        tracking.log_record(record, self.report_to, log_dir)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        print(f"{label}: perplexity {before['eval']['perplexity']:.2f} -> {after['perplexity']:.2f}, "
               f"{outcome.tokens_per_second:.0f} tokens/s, peak memory {meter.peak_bytes / 2**20:.0f} MiB -> {path}")
-        del model
+        del model, trainer
         release()
         return record

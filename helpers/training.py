@@ -1,71 +1,55 @@
-"""Run specs (full / LoRA / QLoRA as data), the model each spec builds, and one Trainer-based loop."""
+"""One training path for every method: TRL's SFTTrainer, with each of its defaults that matters set on purpose.
+
+TRL 1.16 defaults that would silently change the comparison, and what the lab sets instead (tests check each):
+- `bf16` is on unless `fp16` is set: a T4 has no bf16. The precision comes from helpers.environment.choose_precision.
+- `gradient_checkpointing` is on (transformers 5 calls it activation_checkpointing): it trades speed for memory. Off
+  for every method, recorded in the results.
+- `max_length` is 1024 and truncates: a cut example loses its end of turn. The data is filtered to the profile's
+  max_length before training (dropped, never cut), so TRL is given None.
+- A QLoRA adapter is cast to bf16: trainable weights stay fp32 here, for every method alike.
+- `logging_steps` is 10: the profile sets it.
+- The loss goes through a fused LM head (log-probabilities in chunks, recomputed in backward). It saves the memory
+  of the full-vocabulary logits, and on CUDA scores only the completion tokens; on a CPU it scores every position
+  and `make bench` measured it slower there (notebooks/reference_results/bench.json), so CPU runs take the model's own loss on
+  the full logits. Both are the same objective: summed token NLL / completion tokens in the step.
+"""
 
 from __future__ import annotations
 
-import gc
-import tempfile
-import threading
+import json
+import math
+import os
+import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import psutil
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
+from peft import LoraConfig, prepare_model_for_kbit_training
+from transformers import PrinterCallback, Trainer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
 
-from .environment import Environment, return_freed_memory_to_os
+from .environment import Environment, Parallel
 from .models import bnb_config, get_preset, load_model
 from .profiles import Profile
+from .specs import RunSpec, check_targets
 
-FULL_LR = 5e-5  # all weights move: a small step keeps the pretrained knowledge
-LORA_LR = 3e-4  # adapters start at zero and are few: they need a larger step to learn in the same budget
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    r: int
-    alpha: int
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None  # None: the model preset's attention + MLP projections
+PROGRESS_ENV = "LAB_PROGRESS"  # set by helpers.execute: a file to append one progress line per logged step to
 
 
-@dataclass(frozen=True)
-class QuantSpec:
-    bits: int = 4
-    quant_type: str = "nf4"
-    double_quant: bool = True
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    run_id: str
-    method: str  # "full" | "lora" | "qlora"
-    learning_rate: float
-    lora: LoraSpec | None = None
-    quantization: QuantSpec | None = None
-    paged_optimizer_on_cuda: bool = False  # paged 8-bit AdamW: optimizer state pages to CPU under pressure
-
-
-def full() -> RunSpec:
-    return RunSpec("full", "full", FULL_LR)
-
-
-def lora(r: int, alpha: int | None = None) -> RunSpec:
-    """alpha = 2r by default: the update is scaled by alpha / r, so every rank gets the same scale (2)."""
-    return RunSpec(f"lora-r{r}", "lora", LORA_LR, LoraSpec(r, alpha if alpha is not None else 2 * r))
-
-
-def qlora(r: int = 16) -> RunSpec:
-    # QLoRA = LoRA on a 4-bit NF4 base: the same spec plus one quantization line.
-    return replace(lora(r), run_id="qlora", method="qlora", quantization=QuantSpec(), paged_optimizer_on_cuda=True)
-
-
-STANDARD_RUNS: tuple[RunSpec, ...] = (full(), lora(8), lora(16), lora(32), qlora())
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite: nothing this run would record is a result."""
 
 
 def target_modules(spec: RunSpec, preset_name: str) -> list[str]:
     return list(spec.lora.target_modules or get_preset(preset_name).lora_targets)
+
+
+def linear_layer_names(model: torch.nn.Module) -> set[str]:
+    return {name.split(".")[-1] for name, module in model.named_modules()
+            if hasattr(module, "weight") and getattr(module.weight, "dim", lambda: 0)() == 2
+            and name.split(".")[-1] not in ("embed_tokens", "wte", "wpe")}
 
 
 def expected_lora_parameters(model: torch.nn.Module, targets: list[str], r: int) -> int:
@@ -79,158 +63,280 @@ def expected_lora_parameters(model: torch.nn.Module, targets: list[str], r: int)
     return total
 
 
-def build_model(spec: RunSpec, profile: Profile, env: Environment) -> torch.nn.Module:
-    """The base model prepared for this spec's method; only what the spec trains has requires_grad."""
+def build_base(spec: RunSpec, profile: Profile, env: Environment) -> torch.nn.Module:
+    """The base model this spec trains on: full precision, or 4-bit NF4 for QLoRA (prepared for k-bit training)."""
     quant = None
     if spec.quantization:
-        if spec.quantization.bits != 4:
-            raise ValueError(f"{spec.run_id}: only 4-bit quantization is supported, got {spec.quantization.bits}.")
         quant = bnb_config(spec.quantization.quant_type, spec.quantization.double_quant, env.precision.dtype)
     model = load_model(profile.model, env.device, quant)
-    if spec.method == "full":
-        return model
+    if spec.lora:
+        check_targets(spec, target_modules(spec, profile.model), linear_layer_names(model))
     if quant is not None:
-        # Casts norms and the head to fp32 for stable training; checkpointing stays off for every method alike.
+        # Casts norms and embeddings to fp32 for stable training; checkpointing stays off for every method alike.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-                        target_modules=target_modules(spec, profile.model), bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return model
 
 
-class MemoryMeter:
-    """Peak memory of one run, above what the process held when the meter started.
+def peft_config(spec: RunSpec, preset_name: str) -> LoraConfig | None:
+    if spec.lora is None:
+        return None
+    return LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                      target_modules=target_modules(spec, preset_name), bias="none", task_type="CAUSAL_LM",
+                      fan_in_fan_out=get_preset(preset_name).conv1d)
 
-    CUDA: the allocator's max_memory_allocated, reset at each measured block. CPU: RSS sampled every
-    20 ms by a thread (ru_maxrss would be the process's lifetime peak, i.e. an earlier run's).
-    Only blocks under `measure()` count, so loading transients and evaluation do not inflate a method's cost.
+
+def sft_settings(spec: RunSpec, profile: Profile, env: Environment, seed: int, output_dir: Path,
+                 report_to: str = "none", parallel: Parallel = Parallel()) -> dict:
+    """Every SFTConfig field the lab sets on purpose (a dict, so a test can check a T4's settings on a CPU).
+
+    The profile's batch_size is the global batch: with K processes and A accumulation steps each process takes
+    batch_size / (K * A) examples per micro-batch, and the loss is normalised by the tokens of the whole step on every
+    process (average_tokens_across_devices), so the update is the one a single process would make.
     """
+    distributed = {}
+    if parallel.processes > 1:
+        distributed = {"ddp_backend": "gloo" if env.device == "cpu" else None, "ddp_find_unused_parameters": False,
+                       "average_tokens_across_devices": True}
+    if parallel.fsdp:
+        # Shards weights, gradients and optimizer state over the processes; each decoder layer is one unit
+        # (transformers wraps the model's _no_split_modules).
+        distributed.update(fsdp="full_shard auto_wrap", fsdp_config={"use_orig_params": True})
+    return dict(
+        output_dir=str(output_dir), run_name=Path(output_dir).name, seed=seed, data_seed=seed, **distributed,
+        max_steps=profile.max_steps, per_device_train_batch_size=parallel.per_device_batch(profile.batch_size),
+        gradient_accumulation_steps=parallel.accumulation,
+        learning_rate=spec.learning_rate or profile.learning_rate(spec.method), lr_scheduler_type="linear",
+        warmup_steps=profile.warmup_steps, max_grad_norm=1.0, weight_decay=0.0, optim=spec.optimizer,
+        bf16=env.precision.bf16, fp16=env.precision.fp16,  # both explicit: TRL turns bf16 on when neither is set
+        # TRL's default turns checkpointing on (through the deprecated gradient_checkpointing alias); off for every
+        # method, so speed and memory compare.
+        activation_checkpointing=False,
+        max_length=None, padding_free=True, packing=False,  # examples already fit max_length; packed, no padding
+        completion_only_loss=True, loss_type="nll",
+        logging_strategy="steps", logging_steps=profile.logging_steps, logging_first_step=True,
+        save_strategy="steps" if profile.checkpoint_steps else "no", save_steps=profile.checkpoint_steps or 1,
+        save_total_limit=None, save_only_model=False,  # LabTrainer removes the older checkpoint once the new is whole
+        eval_strategy="no", report_to=report_to,
+        use_cpu=env.device == "cpu", dataloader_num_workers=0, disable_tqdm=bool(os.environ.get(PROGRESS_ENV)),
+    )
 
-    def __init__(self, device: str):
-        self.device = device
-        self.kind = "cuda_max_allocated" if device == "cuda" else "cpu_rss_sampled"
-        gc.collect()
-        return_freed_memory_to_os()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            self.baseline = torch.cuda.memory_allocated()
-        else:
-            self._process = psutil.Process()
-            self.baseline = self._process.memory_info().rss
-        self.peak = self.baseline
 
-    @contextmanager
-    def measure(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            try:
-                yield
-            finally:
-                torch.cuda.synchronize()
-                self.peak = max(self.peak, torch.cuda.max_memory_allocated())
+def sft_config(spec: RunSpec, profile: Profile, env: Environment, seed: int, output_dir: Path,
+               report_to: str = "none", parallel: Parallel = Parallel()) -> SFTConfig:
+    return SFTConfig(**sft_settings(spec, profile, env, seed, output_dir, report_to, parallel))
+
+
+@dataclass
+class StepRecord:
+    step: int
+    seconds: float  # wall time of the optimizer step: data, forward, backward, optimizer (checkpoint saves excluded)
+    tokens: int  # real (non-pad) tokens trained in this step
+    targets: int  # completion tokens the loss predicted in this step
+    forward_backward: float  # seconds in forward + backward
+    data: float  # seconds between the previous step's end and this step's forward
+    warmup: bool  # the first step of a process pays for lazy initialisation: left out of the throughput
+
+
+CHECKPOINT_DONE = "lab_checkpoint.json"  # written last: a checkpoint folder without it is incomplete and ignored
+
+
+class LabTrainer(SFTTrainer):
+    """SFTTrainer plus what none of the libraries records: the tokens each optimizer step really trained (counted
+    from the batch the model saw, not from what the data loader fetched ahead), time per step, a stop on NaN,
+    checkpoints that count only once complete, and an optional memory probe of one step."""
+
+    def __init__(self, *args, fingerprint: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fingerprint = fingerprint
+        self.steps: list[StepRecord] = []
+        self.probe = None  # a helpers.memory.StepMemoryProbe, measuring one sampled step
+        self._pending = [0, 0, 0.0]  # tokens, targets, forward+backward seconds of the step being accumulated
+        self._last_end: float | None = None
+        self._fetched: float | None = None
+        self._closed_here = 0  # steps closed in this process: its first pays for lazy initialisation (warm-up)
+        self.synced = 0  # leading step records whose counts are already summed over processes
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self.probe.forward() if self.probe is not None and self.probe.active else nullcontext():
+            if self.args.use_cpu and not return_outputs:  # full logits are faster on a CPU (module docstring)
+                batch = {k: inputs[k] for k in ("input_ids", "labels", "position_ids") if k in inputs}
+                return Trainer.compute_loss(self, model, batch, False, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    @property
+    def loss_head(self) -> str:
+        return "full logits" if self.args.use_cpu else "fused"
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        start = time.perf_counter()
+        if self._fetched is None:
+            self._fetched = start
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise DivergedError(
+                f"the training loss became {loss.item()} at step {self.state.global_step + 1}: the run diverged and "
+                "records nothing. Fix: lower the learning rate (a typical range is 1e-5 to 1e-3), or on a T4 check "
+                "that the precision is fp16 with a loss scaler (helpers.environment.choose_precision).")
+        self._pending[0] += int(inputs["input_ids"].numel())  # padding-free: one row, no padding
+        self._pending[1] += int((inputs["labels"][:, 1:] != -100).sum())
+        self._pending[2] += time.perf_counter() - start
+        return loss
+
+    def close_step(self) -> StepRecord:
+        end = time.perf_counter()
+        last = self._last_end if self._last_end is not None else end
+        data = max(0.0, (self._fetched or last) - last)
+        record = StepRecord(self.state.global_step, end - last, self._pending[0], self._pending[1], self._pending[2],
+                            data, warmup=self._closed_here == 0)
+        self.steps.append(record)
+        self._closed_here += 1
+        self._pending, self._last_end, self._fetched = [0, 0, 0.0], end, None
+        return record
+
+    def _save_checkpoint(self, model, trial):
+        """The library's checkpoint, then a completion marker with this run's step records; only then the older
+        checkpoint is removed, so an interruption at any moment leaves one complete checkpoint to resume from."""
+        super()._save_checkpoint(model, trial)
+        self.sync_counts()
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:  # the main process, once every process has written its part
+            from .results import write_json_atomic
+            write_json_atomic({"fingerprint": self.fingerprint, "step": self.state.global_step,
+                               "steps": [asdict(s) for s in self.steps]}, folder / CHECKPOINT_DONE)
+            for older in Path(self.args.output_dir).glob("checkpoint-*"):
+                if older != folder:
+                    shutil.rmtree(older, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def sync_counts(self) -> None:
+        """With several processes each counted its own share of a step: sum the shares (all processes call this)."""
+        if self.accelerator.num_processes == 1:
             return
-        stop = threading.Event()
+        from accelerate.utils import gather_object
+        new = self.steps[self.synced:]
+        shares = gather_object([[(s.tokens, s.targets) for s in new]])
+        for k, s in enumerate(new):
+            s.tokens, s.targets = sum(r[k][0] for r in shares), sum(r[k][1] for r in shares)
+        self.synced = len(self.steps)
 
-        def sample() -> None:
-            while not stop.is_set():
-                self.peak = max(self.peak, self._process.memory_info().rss)
-                stop.wait(0.02)
+    def resume_records(self, checkpoint: Path) -> None:
+        saved = json.loads((checkpoint / CHECKPOINT_DONE).read_text())
+        self.steps = [StepRecord(**s) for s in saved["steps"]]
+        self.synced = len(self.steps)
 
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
+
+def complete_checkpoint(folder: Path, fingerprint: str) -> Path | None:
+    """The latest complete checkpoint of this exact run in `folder`, or None (incomplete ones are deleted)."""
+    found = None
+    for path in sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
+        marker = path / CHECKPOINT_DONE
         try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    @property
-    def peak_bytes(self) -> int:
-        return int(self.peak - self.baseline)
-
-
-class CountingCollator:
-    """Packs a batch into one row without padding (position ids restart per example, and
-    transformers masks attention at the restarts), counting real and padded token slots."""
-
-    def __init__(self):
-        self.inner = DataCollatorWithFlattening(return_position_ids=True)
-        self.real_tokens = 0
-        self.slots = 0
-
-    def __call__(self, examples: list[dict]) -> dict:
-        batch = self.inner(examples)
-        self.real_tokens += sum(len(e["input_ids"]) for e in examples)
-        self.slots += batch["input_ids"].numel()
-        return batch
-
-    @property
-    def pad_fraction(self) -> float:
-        return 1 - self.real_tokens / self.slots if self.slots else 0.0
+            ok = json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        except (OSError, json.JSONDecodeError):
+            ok = False
+        if ok:
+            found = path
+        else:
+            shutil.rmtree(path, ignore_errors=True)  # half-written (interrupted while saving) or another run's
+    return found
 
 
 class StepClock(TrainerCallback):
-    """Wall time and real tokens at the end of every optimizer step (for throughput after warm-up)."""
+    """Closes each optimizer step on the trainer (after the optimizer ran), skips the useless checkpoint at the very
+    last step (the run saves its result right after), and prints progress when asked."""
 
-    def __init__(self, collator: CountingCollator):
-        self.collator = collator
-        self.marks: list[tuple[float, int]] = []
+    def __init__(self, trainer: LabTrainer, label: str):
+        self.trainer, self.label = trainer, label
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.marks = [(time.perf_counter(), self.collator.real_tokens)]
+        self.trainer._last_end = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self.marks.append((time.perf_counter(), self.collator.real_tokens))
+        self.trainer.close_step()
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        progress = os.environ.get(PROGRESS_ENV)
+        if progress and (state.global_step % args.logging_steps == 0 or state.global_step == state.max_steps):
+            rate, seconds = _rate(self.trainer.steps)
+            timed = max(1, sum(1 for s in self.trainer.steps if not s.warmup))
+            left = (state.max_steps - state.global_step) * seconds / timed
+            with open(progress, "a") as handle:
+                handle.write(f"[{self.label}] step {state.global_step}/{state.max_steps} · {rate:.0f} tokens/s · "
+                             f"about {left:.0f} s left\n")
 
-    def tokens_per_second(self) -> float:
-        """Excludes step 1: it pays for lazy initialisation and kernel warm-up, not for training."""
-        if len(self.marks) < 3:
-            (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
-        else:
-            (t0, n0), (t1, n1) = self.marks[1], self.marks[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+def _rate(steps: list[StepRecord]) -> tuple[float, float]:
+    """(real tokens/s, seconds) over the steps that are not warm-up (all steps when every one is)."""
+    timed = [s for s in steps if not s.warmup] or steps
+    seconds = sum(s.seconds for s in timed)
+    return (sum(s.tokens for s in timed) / seconds if seconds > 0 else 0.0), seconds
 
 
 @dataclass
 class TrainingOutcome:
     steps: int
-    tokens: int
-    seconds: float
+    tokens: int  # real tokens trained, all steps
+    target_tokens: int  # completion tokens predicted, all steps
+    seconds: float  # steps after the first (the same steps as tokens_per_second)
     tokens_per_second: float
-    pad_fraction: float
+    seconds_total: float  # wall time of trainer.train(), warm-up step and checkpoint saves included
     optimizer: str
+    learning_rate: float
+    gradient_checkpointing: bool
+    loss_head: str  # "fused" (TRL's chunked LM head) | "full logits"
+    trainable_dtypes: list[str]  # after training: fp32 under every autocast precision
+    resumed_from_step: int | None
+    step_seconds: dict[str, float]  # mean seconds per step: forward+backward, optimizer and the rest, data
     log: list[dict] = field(default_factory=list)
 
 
-def train(model: torch.nn.Module, spec: RunSpec, profile: Profile, env: Environment, train_set) -> TrainingOutcome:
-    """One code path for every method: Trainer with the spec's learning rate and the profile's budget."""
-    collator = CountingCollator()
-    clock = StepClock(collator)
-    optimizer = "paged_adamw_8bit" if spec.paged_optimizer_on_cuda and env.device == "cuda" else "adamw_torch"
-    with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(
-            output_dir=scratch, max_steps=profile.max_steps, per_device_train_batch_size=profile.batch_size,
-            learning_rate=spec.learning_rate, lr_scheduler_type="linear", warmup_steps=profile.warmup_steps,
-            logging_steps=profile.logging_steps, save_strategy="no", report_to="none", seed=profile.seed,
-            data_seed=profile.seed, fp16=env.precision.fp16, bf16=env.precision.bf16, optim=optimizer,
-            use_cpu=env.device == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
-            disable_tqdm=False, max_grad_norm=1.0,
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator, callbacks=[clock])
-        result = trainer.train()
+def make_trainer(model: torch.nn.Module, spec: RunSpec, profile: Profile, env: Environment, train_set, tokenizer,
+                 seed: int, output_dir: Path, label: str, fingerprint: str = "", report_to: str = "none",
+                 parallel: Parallel = Parallel()) -> LabTrainer:
+    """The trainer for one (spec, seed): PEFT wraps the base inside SFTTrainer, after TRL seeds the RNG, so the
+    adapter's initial weights depend on the seed alone."""
+    trainer = LabTrainer(model=model, args=sft_config(spec, profile, env, seed, output_dir, report_to, parallel),
+                         train_dataset=train_set, peft_config=peft_config(spec, profile.model),
+                         processing_class=tokenizer, fingerprint=fingerprint)
+    for param in trainer.model.parameters():  # undo TRL's bf16 cast of QLoRA adapters: trainable weights stay fp32
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    trainer.add_callback(StepClock(trainer, label))
+    if os.environ.get(PROGRESS_ENV):  # headless: StepClock prints one line per logged step instead of the log dicts
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutcome:
+    """Train to the profile's last step, from a complete checkpoint when given one (same data order, RNG and
+    optimizer state: the result matches an uninterrupted run)."""
+    if resume_from is not None:
+        trainer.resume_records(resume_from)
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        if trainer.probe is not None:
+            trainer.probe.close()  # stops the CPU profiler if the sampled step raised
+    total = time.perf_counter() - start
+    steps = trainer.steps
+    trainer.sync_counts()
+    rate, seconds = _rate(steps)
+    timed = [s for s in steps if not s.warmup] or steps
+    per_step = {"forward_backward": sum(s.forward_backward for s in timed) / len(timed),
+                "data": sum(s.data for s in timed) / len(timed)}
+    per_step["optimizer_and_rest"] = max(0.0, seconds / len(timed) - per_step["forward_backward"] - per_step["data"])
     log = [{"step": e["step"], "loss": e["loss"], "lr": e.get("learning_rate"), "grad_norm": e.get("grad_norm")}
-           for e in trainer.state.log_history if "loss" in e]
-    return TrainingOutcome(steps=trainer.state.global_step, tokens=collator.real_tokens,
-                           seconds=result.metrics["train_runtime"], tokens_per_second=clock.tokens_per_second(),
-                           pad_fraction=collator.pad_fraction, optimizer=optimizer, log=log)
-
-
-def release() -> None:
-    """After the caller drops its last reference to a model: give its memory back before the next run."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return_freed_memory_to_os()
+           for e in trainer.state.log_history if "loss" in e and math.isfinite(e["loss"])]
+    optim = trainer.args.optim
+    return TrainingOutcome(
+        steps=trainer.state.global_step, tokens=sum(s.tokens for s in steps), target_tokens=sum(s.targets for s in steps),
+        seconds=seconds, tokens_per_second=rate, seconds_total=total, optimizer=getattr(optim, "value", str(optim)),
+        learning_rate=trainer.args.learning_rate, gradient_checkpointing=bool(trainer.args.activation_checkpointing),
+        loss_head=trainer.loss_head,
+        trainable_dtypes=sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters()
+                                 if p.requires_grad}),
+        resumed_from_step=int(resume_from.name.split("-")[-1]) if resume_from else None,
+        step_seconds=per_step, log=log)

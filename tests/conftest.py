@@ -38,3 +38,18 @@ def real_tokenizer():
 
     return load_tokenizer("smollm2-135m-bundled")
 
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: only called under `pytest -n N` (make test)
+def pytest_xdist_make_scheduler(config, log):
+    """One test file per worker at a time, so a module's trained fixture is built once; and the five notebooks as one
+    unit, in order: 04 reads what 01-03 wrote, and 03 compares with 02's LoRA r16. (xdist's own `loadgroup` marks do
+    not take effect under pytest 9.2, whose node ids xdist 3.8 can no longer rewrite.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "notebooks" if path.endswith(".ipynb") else path
+
+    return ByFile(config, log)

@@ -13,7 +13,7 @@ from helpers.results import read
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     lab = helpers.Lab("smoke", results=tmp_path_factory.mktemp("results"), max_steps=3)
-    records = {spec.run_id: lab.run(spec) for spec in (helpers.lora(8), helpers.lora(16), helpers.qlora())}
+    records = {spec.run_id: lab.run(spec)[0] for spec in (helpers.lora(8), helpers.lora(16), helpers.qlora())}
     return lab, records
 
 
@@ -36,7 +36,7 @@ def test_merge_keeps_the_logits(trained):
     merged = adapters.merge(adapters.reload(lab, records["lora-r16"]))
     assert not isinstance(merged, adapters.PeftModel)
     gap = adapters.max_logit_difference(with_adapter, merged, probe(lab), lab.tokenizer.pad_token_id)
-    assert gap < 1e-4  # fp32: W + s*B@A computed once vs per call differs only by rounding
+    assert gap < 5e-4  # fp32 logits of size ~30: W + s*B@A summed once vs per call differs only by rounding
 
 
 def test_merge_into_a_4bit_base_is_refused_with_the_way_out(trained):
@@ -47,7 +47,10 @@ def test_merge_into_a_4bit_base_is_refused_with_the_way_out(trained):
     assert not adapters.has_4bit_layers(merged) and adapters.has_4bit_layers(adapters.reload(lab, records["qlora"]))
     # The same weights the adapter was trained against, dequantized once instead of at every matmul.
     after = lab.evaluate(merged)["perplexity"]
-    assert after == pytest.approx(records["qlora"]["eval"]["perplexity_after"], rel=1e-4)
+    # In fp32 the two are the same computation; under bf16 autocast W + BA is rounded to bf16 once, while the 4-bit
+    # path rounds W and BA separately: a rounding difference, far below what training moved.
+    tolerance = 1e-4 if lab.env.precision.name == "fp32" else 2e-2
+    assert after == pytest.approx(records["qlora"]["eval"]["perplexity_after"], rel=tolerance)
 
 
 def test_switching_adapters_changes_the_output(trained):
@@ -57,7 +60,7 @@ def test_switching_adapters_changes_the_output(trained):
     logits = {}
     with torch.no_grad():
         for run_id in ("lora-r8", "lora-r16"):
-            several.set_adapter(run_id)
+            several.set_adapter(adapters.adapter_name(records[run_id]))
             logits[run_id] = several(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert (logits["lora-r8"] - logits["lora-r16"]).abs().max() > 1e-3
     # each switched-to adapter is exactly that adapter alone
@@ -65,23 +68,24 @@ def test_switching_adapters_changes_the_output(trained):
     with torch.no_grad():
         single = alone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.allclose(single, logits["lora-r16"], atol=1e-5)
-    several.set_adapter("lora-r8")
+    several.set_adapter(adapters.adapter_name(records["lora-r8"]))
     assert isinstance(lab.generate(several)[0], str)
 
 
 def test_trainable_counts_follow_the_rank_and_match_peft(trained):
-    _, records = trained
+    lab, records = trained
     counts = {r: records[r]["params"]["trainable"] for r in ("lora-r8", "lora-r16")}
     assert counts["lora-r16"] == 2 * counts["lora-r8"]  # r * (in + out) is linear in r
-    for row in adapters.parameter_check(list(records.values())):
-        assert row["agree"], row
+    check = adapters.parameter_check(list(records.values()))
+    assert list(check["run"]) == ["lora-r8", "lora-r16", "qlora"] and check["agree"].all()
     # SmolLM2-135M: 30 layers x r x sum(in + out) over q,k,v,o,gate,up,down
     per_layer = (576 + 576) + (576 + 192) * 2 + (576 + 576) + (576 + 1536) * 3
     assert counts["lora-r8"] == 30 * 8 * per_layer
     assert records["qlora"]["params"]["trainable"] == counts["lora-r16"]
     quant = records["qlora"]["quantization"]
     assert {k: quant[k] for k in ("bits", "quant_type", "double_quant", "compute_dtype")} == {
-        "bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+        "bits": 4, "quant_type": "nf4", "double_quant": True,
+        "compute_dtype": str(lab.env.precision.dtype).removeprefix("torch.")}
 
 
 def test_same_budget_and_data_for_every_method(trained):
@@ -97,7 +101,7 @@ def test_a_finished_run_is_skipped_and_a_changed_one_is_not(trained, capsys):
     start = time.perf_counter()
     again = lab.run(helpers.lora(8))
     assert time.perf_counter() - start < 2
-    assert again == read(lab.result_path("lora-r8"))
+    assert again == [read(lab.result_path("lora-r8", 42))]
     assert "skipped" in capsys.readouterr().out
     other = helpers.Lab("smoke", results=lab.results_dir, max_steps=2)
-    assert other.finished(helpers.lora(8)) is None  # another budget: the stored result is stale
+    assert other.finished(helpers.lora(8), 42) is None  # another budget: the stored result is stale

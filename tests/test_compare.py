@@ -1,9 +1,8 @@
-"""The comparison: tables, the four-panel figure, the blind rating, the metric explorer and notebook 04, on records
-built here (schema-valid, checked with helpers.results.validate) plus a corrupt and an older-schema file."""
+"""The comparison: tables with intervals, the four-panel figure, the reading notes, the blind rating, the metric
+explorer and notebook 04, on records built by tests/records.py (schema-valid) plus a corrupt and an older-schema file."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -13,67 +12,11 @@ import pytest
 
 matplotlib.use("Agg")
 
-from helpers import plots, results, tables, widgets  # noqa: E402
+from helpers import plots, results, statistics, tables, widgets  # noqa: E402
+from records import CATEGORIES, LORA_TRAINABLE, MIB, NUMBERS, PROMPTS, TOTAL, make_record, per_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "04_compare.ipynb"
-MIB = 2**20
-TOTAL = 134_515_008
-LORA_TRAINABLE = {8: 2_442_240, 16: 4_884_480, 32: 9_768_960}
-PROMPTS = ["What does a list comprehension return?", "How do I open a file?"]
-
-# Distinct, easy-to-check numbers per run: (peak memory MiB, tokens/s, perplexity after, artifact MiB)
-NUMBERS = {
-    "full": (2400.0, 40.0, 3.0, 513.0),
-    "lora-r8": (760.0, 125.0, 4.5, 9.5),
-    "lora-r16": (800.0, 120.0, 4.2, 19.0),
-    "lora-r32": (880.0, 110.0, 4.0, 38.0),
-    "qlora": (600.0, 80.0, 4.4, 19.0),
-}
-
-
-def _merge(base: dict, overrides: dict) -> dict:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def make_record(run_id: str, **overrides) -> dict:
-    """A schema-valid record for one of the lab's runs; nested dict overrides are merged, others replace."""
-    memory, speed, ppl_after, artifact = NUMBERS.get(run_id, (500.0, 100.0, 5.0, 10.0))
-    method = "full" if run_id == "full" else "qlora" if run_id == "qlora" else "lora"
-    rank = None if method == "full" else 16 if method == "qlora" else int(run_id.rsplit("r", 1)[1])
-    trainable = TOTAL if rank is None else LORA_TRAINABLE.get(rank, 1000 * rank)
-    total = TOTAL if rank is None else TOTAL + trainable
-    ppl_before = 7.5 if method == "qlora" else 7.0
-    record = {
-        "schema_version": 1, "run_id": run_id, "method": method, "seed": 42,
-        "started_at": "2026-11-20T10:00:00+00:00", "finished_at": "2026-11-20T10:05:00+00:00",
-        "config_fingerprint": f"fp-{run_id}",
-        "lora": None if rank is None else {"r": rank, "alpha": 2 * rank, "dropout": 0.05,
-                                            "target_modules": ["q_proj", "v_proj"]},
-        "quantization": None if method != "qlora" else {"bits": 4, "quant_type": "nf4", "double_quant": True,
-                                                        "compute_dtype": "float32"},
-        "model": {"preset": "smollm2-135m-bundled", "source": "bundled", "total_params": TOTAL},
-        "data": {"manifest": "python_docs", "fingerprint": "abc", "train_examples": 64, "eval_examples": 16},
-        "params": {"trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
-                   "expected_trainable": trainable},
-        "training": {"steps": 3, "tokens": 3000, "seconds": 3000 / speed, "tokens_per_second": speed,
-                     "pad_fraction": 0.0, "peak_memory_bytes": int(memory * MIB), "memory_kind": "cpu_rss_sampled",
-                     "log": [{"step": s, "loss": ppl_after + 1.0 / s, "lr": 1e-4, "grad_norm": 1.0} for s in (1, 2, 3)]},
-        "eval": {"tokens": 500, "loss_before": 1.9, "perplexity_before": ppl_before, "bits_per_token_before": 2.8,
-                 "loss_after": 1.1, "perplexity_after": ppl_after, "bits_per_token_after": 1.6},
-        "generations": [{"prompt": p, "before": f"base answer {i}", "after": f"answer {i} written by {run_id}"}
-                        for i, p in enumerate(PROMPTS)],
-        "artifact": {"path": f"/x/artifacts/{run_id}", "bytes": int(artifact * MIB)},
-        "environment": {"device": "CPU (4 cores, x86_64)", "dtype": "fp32", "profile": "cpu", "python": "3.11.7",
-                        "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "trl": "1.16.0",
-                        "bitsandbytes": "0.50.2"},
-    }
-    return results.validate(_merge(record, copy.deepcopy(overrides)))
 
 
 def _answers_without_run_ids(records: list[dict]) -> list[dict]:
@@ -87,10 +30,10 @@ def results_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "results"
     # Written in reverse order: load_all and every view must restore RUN_ORDER themselves.
     for run_id in reversed(results.RUN_ORDER):
-        results.write_atomic(make_record(run_id), folder / f"{run_id}.json")
+        results.write_atomic(make_record(run_id), folder / results.file_name(run_id, 42))
     (folder / "broken.json").write_text("{ this is not json")
     old = make_record("lora-r8")
-    old["run_id"], old["schema_version"] = "old-run", 0  # what an earlier version of the lab wrote
+    old["schema_version"] = 1  # what an earlier version of the lab wrote
     (folder / "old-run.json").write_text(json.dumps(old))
     return folder
 
@@ -100,6 +43,13 @@ def loaded(results_folder):
     return results.load_all(results_folder)
 
 
+def three_seeds(run_id: str, perplexities: list[float], speeds: list[float] | None = None) -> list[dict]:
+    """One record per seed (42, 1, 2) with the given perplexity after (and tokens/s)."""
+    speeds = speeds or [NUMBERS[run_id][1]] * 3
+    return [make_record(run_id, seed, eval={"perplexity_after": p, "per_example_after": per_example(p)},
+                        training={"tokens_per_second": v}) for seed, p, v in zip((42, 1, 2), perplexities, speeds)]
+
+
 # ---------------------------------------------------------------- loading and tables
 
 def test_factory_records_are_schema_valid():
@@ -107,15 +57,15 @@ def test_factory_records_are_schema_valid():
         assert results.problems(make_record(run_id)) == []
 
 
-def test_load_all_lists_bad_files_with_reasons(loaded):
+def test_load_all_lists_bad_and_older_files_with_reasons(loaded):
     records, left_out = loaded
     assert [r["run_id"] for r in records] == list(results.RUN_ORDER)
     reasons = dict(left_out)
     assert set(reasons) == {"broken.json", "old-run.json"}
     assert "JSON" in reasons["broken.json"]
-    assert "schema_version is 0" in reasons["old-run.json"]
+    assert reasons["old-run.json"].startswith("older schema")
     report = tables.loading_report(records, left_out, "x")
-    assert "broken.json" in report and "old-run.json" in report
+    assert "broken.json" in report and "Older schema (1 file(s)" in report and "old-run.json" in report
 
 
 def test_summary_frame_values(loaded):
@@ -123,21 +73,80 @@ def test_summary_frame_values(loaded):
     frame = tables.summary_frame(list(reversed(records)))
     assert list(frame.index) == list(results.RUN_ORDER)
     assert frame.index.name == "run"
-    assert list(frame.columns) == ["method", "rank", "trainable params", "trainable %", "artifact MiB",
-                                   "peak memory MiB", "tokens/s", "train seconds", "perplexity before",
-                                   "perplexity after", "bits/token after"]
+    assert list(frame.columns) == ["method", "rank", "seeds", "trainable params", "trainable %", "artifact MiB",
+                                   "peak memory MiB", "tokens/s", "perplexity before", "perplexity after",
+                                   "general-text before", "general-text after"]
     assert frame.loc["full", "trainable params"] == TOTAL
     assert frame.loc["lora-r8", "trainable params"] == LORA_TRAINABLE[8]
     assert frame["rank"].isna().tolist() == [True, False, False, False, False]
     assert frame.loc["lora-r32", "rank"] == 32 and frame.loc["qlora", "rank"] == 16
-    assert frame.loc["full", "peak memory MiB"] == pytest.approx(2400.0, abs=1e-3)
-    assert frame.loc["qlora", "tokens/s"] == pytest.approx(80.0)
-    assert frame.loc["lora-r16", "perplexity after"] == pytest.approx(4.2)
+    assert frame.loc["full", "peak memory MiB"].mean == pytest.approx(2400.0, abs=1e-3)
+    assert frame.loc["qlora", "tokens/s"].mean == pytest.approx(80.0)
+    after = frame.loc["lora-r16", "perplexity after"]
+    assert after.mean == pytest.approx(4.2) and after.method == "bootstrap" and after.low < 4.2 < after.high
+    assert frame.loc["full", "seeds"] == 1
     assert frame.loc["lora-r8", "artifact MiB"] == pytest.approx(9.5, abs=1e-3)
-    assert frame.loc["full", "trainable %"] == pytest.approx(100.0)
+    assert frame.loc["full", "general-text after"].mean == pytest.approx(13.0)
     assert "human mean" not in frame.columns
     html = frame._repr_html_()
-    assert "134.5M" in html and "2.44M" in html  # displayed through format_count, stored raw
+    assert "134.5M" in html and "2.44M" in html and "(n=1)" in html  # formatted for display, stored raw
+
+
+def test_summary_frame_with_seeds_shows_t_intervals():
+    records = three_seeds("lora-r8", [4.0, 4.2, 4.4]) + three_seeds("full", [3.0, 3.1, 2.9])
+    frame = tables.summary_frame(records)
+    r8 = frame.loc["lora-r8", "perplexity after"]
+    assert (r8.method, r8.n) == ("t", 3)
+    assert r8.mean == pytest.approx(4.2)
+    assert r8.half_width == pytest.approx(statistics.t_quantile(0.975, 2) * 0.2 / 3 ** 0.5, rel=1e-6)
+    assert frame.loc["full", "seeds"] == 3
+    assert "4.20 ± 0.50" in frame.formatted().loc["lora-r8", "perplexity after"]
+
+
+def test_worse_than_before_is_flagged_not_averaged():
+    good = three_seeds("lora-r8", [4.0, 4.2, 4.4])
+    bad = make_record("lora-r8", 3, eval={"perplexity_after": 90.0, "per_example_after": per_example(90.0)},
+                      status={"worse_than_before": True, "notes": ["rose"]})
+    frame = tables.summary_frame(good + [bad])
+    assert frame.loc["lora-r8", "perplexity after"].mean == pytest.approx(4.2)
+    assert frame.loc["lora-r8", "seeds"] == 3 and frame.loc["lora-r8", "excluded"] == "1 worse than before"
+    notes = " ".join(tables.reading_notes(good + [bad]))
+    assert "lora-r8 (seed 3) ended worse than it started" in notes and "left out of every mean" in notes
+    assert "Flagged: lora-r8 seed 3" in tables.loading_report(good + [bad], [], "x")
+    fig = plots.comparison_figure(good + [bad])
+    assert [t.get_text() for t in fig.axes[3].get_xticklabels()] == ["lora-r8"]  # its usable seeds still plot
+
+
+def test_reading_notes_say_within_noise_or_name_the_winner():
+    # r32 vs r16 overlap (within noise); full vs r32 are far apart (full wins); paired by seed.
+    records = (three_seeds("full", [3.0, 3.1, 2.9]) + three_seeds("lora-r32", [4.0, 4.3, 3.8])
+               + three_seeds("lora-r16", [4.1, 4.2, 3.9]))
+    notes = tables.reading_notes(records)
+    assert any(n.startswith("full beats lora-r32 on held-out perplexity after training by 1.03") for n in notes), notes
+    assert any(n.startswith("lora-r32 and lora-r16 are within noise") for n in notes), notes
+    assert not any("lora-r32 beats" in n or "lora-r16 beats" in n for n in notes)
+
+
+def test_one_seed_uses_a_bootstrap_over_held_out_examples(loaded):
+    records, _ = loaded
+    notes = " ".join(tables.reading_notes(records))
+    assert "One training seed per run" in notes and "bootstrap over 20 held-out examples" in notes
+    diff = tables.difference(records, "full", "lora-r8", tables.MEASURES["perplexity after"])
+    assert diff.method == "bootstrap" and diff.mean == pytest.approx(3.0 - 4.5, abs=1e-9)
+
+
+def test_memory_frame_and_notes(loaded):
+    records, _ = loaded
+    frame = tables.memory_frame(records)
+    for run_id, cats in CATEGORIES.items():
+        for name, mib in zip(tables.MEMORY_CATEGORIES, cats):
+            assert frame.loc[run_id, f"{name} MiB"] == pytest.approx(mib, abs=1e-3)
+        assert frame.loc[run_id, "total MiB"] == pytest.approx(sum(cats), abs=1e-2)
+        assert frame.loc[run_id, "prediction error %"] == pytest.approx(2.0, abs=0.1)
+    notes = " ".join(tables.reading_notes(records))
+    assert "Full fine-tuning pays 513.0 MiB for gradients and 1.00 GiB for AdamW state" in notes
+    assert "lora-r8 pays 9.30 MiB and 18.6 MiB" in notes
+    assert "The 4-bit base stores the weights in 170.0 MiB instead of 532.0 MiB" in notes
 
 
 def test_generations_frame_base_comes_from_full_precision():
@@ -165,9 +174,9 @@ def test_format_bytes(n, text):
 def test_reading_notes_with_all_some_and_no_runs(loaded):
     records, _ = loaded
     notes = " ".join(tables.reading_notes(records))
-    assert "Lowest held-out perplexity after training: full (3.00" in notes
+    assert "Lowest mean held-out perplexity after training: full (3.00" in notes
     assert "lora-r8 trains 55.1× fewer parameters" in notes  # 134515008 / 2442240 = 55.08
-    assert "QLoRA vs LoRA r16" in notes and "peak memory 0.75×" in notes and "speed 0.67×" in notes
+    assert "QLoRA vs LoRA r16" in notes and "(0.75×)" in notes and "(0.67×)" in notes
     partial = [r for r in records if r["run_id"] in ("lora-r8", "qlora")]
     notes = " ".join(tables.reading_notes(partial))
     assert "Missing from this comparison: full, lora-r16, lora-r32" in notes
@@ -193,7 +202,12 @@ def test_comparison_figure_four_panels_in_run_order(loaded, tmp_path):
         assert [t.get_text() for t in ax.get_xticklabels()] == list(results.RUN_ORDER)
     assert axes[0].get_yscale() == "log"
     assert _bar_heights(axes[0]) == [TOTAL, *LORA_TRAINABLE.values(), LORA_TRAINABLE[16]]
-    assert _bar_heights(axes[1]) == pytest.approx([NUMBERS[r][0] for r in results.RUN_ORDER], abs=1e-3)
+    # memory: five stacked categories per run, in category order, summing to each run's total
+    heights = _bar_heights(axes[1])
+    assert len(heights) == 5 * 5
+    for k, run_id in enumerate(results.RUN_ORDER):
+        assert [heights[c * 5 + k] for c in range(5)] == pytest.approx(CATEGORIES[run_id], abs=1e-3)
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()][:5] == list(tables.MEMORY_CATEGORIES)
     assert _bar_heights(axes[2]) == pytest.approx([NUMBERS[r][1] for r in results.RUN_ORDER])
     befores, afters = _bar_heights(axes[3])[:5], _bar_heights(axes[3])[5:]
     assert befores == pytest.approx([7.0, 7.0, 7.0, 7.0, 7.5])
@@ -205,6 +219,17 @@ def test_comparison_figure_four_panels_in_run_order(loaded, tmp_path):
     assert not [p for p in png.parent.iterdir() if p.name.startswith(".")], "no temp files left behind"
 
 
+def test_error_bars_follow_the_intervals():
+    records = three_seeds("lora-r8", [4.0, 4.2, 4.4]) + three_seeds("full", [3.0, 3.1, 2.9])
+    fig = plots.comparison_figure(records)
+    ax = fig.axes[3]
+    whiskers = [seg for coll in ax.collections for seg in coll.get_segments()]
+    spans = sorted(round(float(seg[1][1] - seg[0][1]), 6) for seg in whiskers)
+    expected = sorted(round(2 * tables.interval(r, tables.MEASURES["perplexity after"]).half_width, 6)
+                      for r in tables.by_run(records).values())
+    assert spans == pytest.approx(expected, abs=1e-6)
+
+
 def test_figures_survive_missing_and_no_runs(loaded, tmp_path):
     records, _ = loaded
     fig = plots.comparison_figure([r for r in records if r["run_id"] in ("full", "qlora")])
@@ -214,14 +239,18 @@ def test_figures_survive_missing_and_no_runs(loaded, tmp_path):
     import matplotlib.pyplot as plt
 
     try:
-        for draw in (plots.loss_curves, plots.perplexity_vs_params):
+        for draw in (plots.loss_curves, plots.perplexity_vs_params, plots.learning_vs_forgetting):
             assert draw([]) is not None
         ax = plots.loss_curves(records)
         assert [line.get_label() for line in ax.get_lines()] == list(results.RUN_ORDER)
         assert [line.get_color() for line in ax.get_lines()] == [plots.RUN_COLORS[r] for r in results.RUN_ORDER]
         ax = plots.perplexity_vs_params(records)
         assert ax.get_xscale() == "log"
-        assert [t.get_text().split("\n")[0] for t in ax.texts] == list(results.RUN_ORDER)
+        assert [t.get_text() for t in ax.texts] == list(results.RUN_ORDER)
+        ax = plots.learning_vs_forgetting(records)
+        from matplotlib.collections import PathCollection
+        offsets = [tuple(map(float, c.get_offsets()[0])) for c in ax.collections if isinstance(c, PathCollection)]
+        assert (pytest.approx(3.0), pytest.approx(13.0)) in offsets  # full: learned most, forgot most
     finally:
         plt.close("all")
 
@@ -371,7 +400,7 @@ def test_notebook_runs_headless(results_folder, monkeypatch):
     png = results_folder / "comparison.png"
     assert png.stat().st_size > 1000 and png.with_suffix(".svg").stat().st_size > 1000
     assert "broken.json" in printed and "old-run.json" in printed, "left-out files are reported"
-    assert "Lowest held-out perplexity after training: full" in printed
+    assert "Lowest mean held-out perplexity after training: full" in printed
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3, "the comparison figure, loss curves and perplexity plot are displayed"
     widgets_shown = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]

@@ -6,8 +6,20 @@ import textwrap
 import pytest
 import torch
 
-from helpers.data import (IGNORE_INDEX, ManifestError, all_manifests, chunk_text, explain_labels, load_manifest,
-                          load_rows, pad_batch, prepare_data, render_instruction_prompt, tokenize_example)
+from helpers.data import (IGNORE_INDEX, ManifestError, chunk_text, explain_labels, load_manifest, load_rows, pad_batch,
+                          prepare_data, render_instruction_prompt, to_example, tokenize)
+from helpers.manifests import all_manifests
+
+
+def tokenize_one(row: dict, tokenizer, conversational: bool = False) -> dict:
+    """One instruction row as training sees it: {"input_ids", "labels"} lists."""
+    example = tokenize([to_example(row, "instruction", conversational)], tokenizer)[0]
+    return {"input_ids": list(example["input_ids"]), "labels": list(example["labels"])}
+
+
+def instruction(text: str, output: str, input_text: str = "") -> dict:
+    return {"instruction": text, "input": input_text, "output": output}
+
 
 # ---------- label masking on the real tokenizer ----------
 
@@ -18,10 +30,10 @@ def test_real_tokenizer_pads_with_eos(real_tokenizer):
     assert real_tokenizer.eos_token == "<|im_end|>"
 
 
-def test_tokenize_example_masks_exactly_the_prompt(real_tokenizer):
+def test_tokenize_masks_exactly_the_prompt(real_tokenizer):
     prompt = render_instruction_prompt("Say hello to the class.", "twenty students")
     response = "Hello, everyone! Welcome."
-    ex = tokenize_example(prompt, response, real_tokenizer)
+    ex = tokenize_one(instruction("Say hello to the class.", response, "twenty students"), real_tokenizer)
     prompt_ids = real_tokenizer(prompt).input_ids
     response_ids = real_tokenizer(response, add_special_tokens=False).input_ids
     n = len(prompt_ids)
@@ -35,18 +47,25 @@ def test_tokenize_example_masks_exactly_the_prompt(real_tokenizer):
     assert real_tokenizer.decode(ex["input_ids"][n:]) == response + "<|im_end|>"
 
 
-def test_explain_labels_reports_the_eos(real_tokenizer):
-    ex = tokenize_example(render_instruction_prompt("Count to three."), "1 2 3", real_tokenizer)
+def test_tokenize_conversational_learns_the_end_of_turn(real_tokenizer):
+    ex = tokenize_one(instruction("Say hello.", "Hello!"), real_tokenizer, conversational=True)
+    learned = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX]
+    assert real_tokenizer.decode(learned).startswith("Hello!<|im_end|>")
+    context = real_tokenizer.decode([t for t, label in zip(ex["input_ids"], ex["labels"]) if label == IGNORE_INDEX])
+    assert "Say hello." in context and context.endswith("<|im_start|>assistant\n")
+
+
+def test_explain_labels_reports_the_end_of_turn(real_tokenizer):
+    ex = tokenize_one(instruction("Count to three.", "1 2 3"), real_tokenizer)
     text = explain_labels(ex, real_tokenizer)
-    assert "ends with EOS '<|im_end|>': yes" in text
+    assert "ends with the end of turn '<|im_end|>': yes" in text
     broken = {"input_ids": ex["input_ids"][:-1], "labels": ex["labels"][:-1]}
-    assert "ends with EOS '<|im_end|>': NO" in explain_labels(broken, real_tokenizer)
+    assert "ends with the end of turn '<|im_end|>': NO" in explain_labels(broken, real_tokenizer)
 
 
 def test_pad_batch_pads_with_ignore_and_keeps_eos_labels(real_tokenizer):
-    short = tokenize_example(render_instruction_prompt("Hi"), "Yes.", real_tokenizer)
-    long = tokenize_example(render_instruction_prompt("Explain lists"), "A list is an ordered, mutable sequence.",
-                            real_tokenizer)
+    short = tokenize_one(instruction("Hi", "Yes."), real_tokenizer)
+    long = tokenize_one(instruction("Explain lists", "A list is an ordered, mutable sequence."), real_tokenizer)
     pad = real_tokenizer.pad_token_id
     batch = pad_batch([short, long], pad)
     n_short, width = len(short["input_ids"]), len(long["input_ids"])
@@ -270,9 +289,9 @@ def test_prompts_as_a_string(tmp_path):
 # ---------- prepare_data end to end (real tokenizer) ----------
 
 
-def _prepare(path, tokenizer, seed, max_length=128):
-    return prepare_data(str(path), tokenizer, "chat", max_length=max_length, train_examples=1000, eval_examples=1000,
-                        generation_prompts=1, seed=seed)
+def _prepare(path, tokenizer, seed, max_length=128, conversational=False, train_examples=1000, eval_examples=1000):
+    return prepare_data(str(path), tokenizer, conversational, max_length=max_length, train_examples=train_examples,
+                        eval_examples=eval_examples, generation_prompts=1, seed=seed)
 
 
 def test_prepare_data_end_to_end(tmp_path, real_tokenizer):
@@ -298,24 +317,33 @@ def test_prepare_data_end_to_end(tmp_path, real_tokenizer):
     assert evals == {tuple(x) for x in other.eval["input_ids"]}  # same held-out rows, other order
 
     assert first.instructions == ["What is a test?"]
-    assert first.prompts == ["### Instruction:\nWhat is a test?\n\n### Response:\n"]
+    assert first.prompt_ids == [real_tokenizer("### Instruction:\nWhat is a test?\n\n### Response:\n").input_ids]
+    assert first.conversational is False
     stats = first.describe()
     assert stats["train"]["examples"] == len(first.train)
     assert stats["eval"]["target_tokens"] == sum(sum(1 for t in lab[1:] if t != IGNORE_INDEX)
                                                  for lab in first.eval["labels"])
 
 
+def test_prepare_data_conversational_prompts_use_the_chat_template(tmp_path, real_tokenizer):
+    write_rows(tmp_path, good_rows(20))
+    data = _prepare(write_manifest(tmp_path, VALID), real_tokenizer, seed=0, max_length=192, conversational=True)
+    prompt = real_tokenizer.decode(data.prompt_ids[0])
+    assert "<|im_start|>user\nWhat is a test?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert data.describe()["template"] == "chat template"
+
+
 def test_prepare_data_caps_after_shuffling(tmp_path, real_tokenizer):
     write_rows(tmp_path, good_rows(40))
     path = write_manifest(tmp_path, VALID)
     full = _prepare(path, real_tokenizer, seed=0)
-    capped = prepare_data(str(path), real_tokenizer, "chat", max_length=128, train_examples=5, eval_examples=3,
-                          generation_prompts=1, seed=0)
+    capped = _prepare(path, real_tokenizer, seed=0, train_examples=5, eval_examples=3)
     assert (len(capped.train), len(capped.eval)) == (5, 3)
     assert {tuple(x) for x in capped.train["input_ids"]} <= {tuple(x) for x in full.train["input_ids"]}
 
 
 def test_prepare_data_nothing_fits(tmp_path, real_tokenizer):
     write_rows(tmp_path, good_rows(20))
-    with pytest.raises(ManifestError, match="max_length"):
+    with pytest.raises(ManifestError, match="max_length") as info:
         _prepare(write_manifest(tmp_path, VALID), real_tokenizer, seed=0, max_length=4)
+    assert_names(info.value, "[split]")

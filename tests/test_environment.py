@@ -25,11 +25,20 @@ def test_choose_precision_on_cuda(capability, name, fp16, bf16, dtype):
     assert p.dtype == dtype
 
 
-def test_choose_precision_on_cpu_is_fp32():
+def test_choose_precision_on_cpu_follows_its_bf16_instructions():
     p = choose_precision("cpu")
     assert p == Precision("fp32", fp16=False, bf16=False)
     assert p.dtype == torch.float32
     assert choose_precision("cpu", (9, 0)) == p  # a capability does not matter off CUDA
+    native = choose_precision("cpu", None, native_bf16=True)  # AVX512-BF16 or AMX: bf16 autocast pays
+    assert native == Precision("bf16", fp16=False, bf16=True) and native.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx512f avx512_bf16 amx_tile", True), ("fpu amx_bf16", True),
+                                           ("fpu avx2 avx512f", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
+    monkeypatch.setattr(environment.Path, "read_text", lambda self, *a, **k: f"flags\t\t: {flags}\n")
+    assert environment.cpu_has_native_bf16() is native
 
 
 def test_choose_precision_cuda_needs_a_capability():
@@ -72,10 +81,12 @@ def test_detect_on_an_a100_chooses_bf16(monkeypatch):
     assert env.device_name == "NVIDIA A100-SXM4-40GB (sm_80)"
 
 
-def test_detect_without_cuda_is_cpu_fp32(monkeypatch):
+@pytest.mark.parametrize("native, name", [(False, "fp32"), (True, "bf16")])
+def test_detect_without_cuda_uses_the_cpu_flags(monkeypatch, native, name):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: native)
     env = detect()
-    assert (env.device, env.capability, env.precision.name) == ("cpu", None, "fp32")
+    assert (env.device, env.capability, env.precision.name) == ("cpu", None, name)
     assert env.device_name.startswith("CPU (")
 
 
@@ -132,10 +143,10 @@ def test_override_none_keeps_the_profile_value():
 
 
 def test_override_value_replaces_only_that_setting():
-    p = get_profile("cpu", max_steps=3, max_length=64)
-    assert (p.max_steps, p.max_length) == (3, 64)
+    p = get_profile("cpu", max_steps=4, max_length=64)
+    assert (p.max_steps, p.max_length) == (4, 64)
     assert p.name == "cpu"
-    assert asdict(p) == {**asdict(PROFILES["cpu"]), "max_steps": 3, "max_length": 64}
+    assert asdict(p) == {**asdict(PROFILES["cpu"]), "max_steps": 4, "max_length": 64}
     assert PROFILES["cpu"].max_steps == 30  # the table itself is untouched
 
 
@@ -146,6 +157,17 @@ def test_unknown_override_key_raises():
 
 def test_profiles_share_one_seed_and_fit_their_budget():
     for p in PROFILES.values():
-        assert p.seed == 42
+        assert p.seeds == (42,) and p.data_seed == 0, "training seeds vary; the data sample and held-out set do not"
         assert p.warmup_steps < p.max_steps
         assert p.generation_prompts >= 1
+        assert profiles.check(p) is p
+
+
+def test_seeds_choose_training_runs_not_data(monkeypatch):
+    monkeypatch.setenv("LAB_SEEDS", "3")
+    assert get_profile("smoke").seeds == (42, 1, 2)
+    monkeypatch.setenv("LAB_SEEDS", "7,8")
+    assert get_profile("smoke").seeds == (7, 8)
+    assert get_profile("smoke", seeds=2).seeds == (42, 1)
+    assert get_profile("smoke", seeds=[5]).seeds == (5,)
+    assert {get_profile("smoke", seeds=n).data_seed for n in (1, 3)} == {0}

@@ -7,7 +7,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from helpers.evaluation import perplexity, summarize_nll
+from helpers.environment import choose_precision
+from helpers.evaluation import per_example_nll, perplexity, summarize_nll, token_batches
+
+FP32 = choose_precision("cpu")
 
 PAD = 2  # like SmolLM2: the pad id is also a real token (EOS) that appears in the labels
 
@@ -55,7 +58,7 @@ LENGTHS = [5, 17, 9, 30, 3, 12, 24, 7, 19, 11]  # different lengths: batches of 
 def test_perplexity_equals_hand_computation(tiny_llama):
     examples = make_examples(LENGTHS)
     loss, count = token_weighted(hand_nll(tiny_llama, examples))
-    got = perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD, batch_size=1)
+    got = perplexity(tiny_llama, Dataset.from_list(examples), FP32, max_tokens=1, pad_id=PAD)
     assert got["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
     assert got["loss"] == pytest.approx(loss, rel=1e-5)
     # the value is not trivially "uniform over 128 tokens"
@@ -68,17 +71,17 @@ def test_tokens_counts_labels_after_the_shift(tiny_llama):
     # the first label never counts (nothing predicts it); here prompts already mask it, so add one unmasked
     examples.append({"input_ids": [5, 6, 7, PAD], "labels": [5, 6, 7, PAD]})
     expected += 3
-    got = perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD, batch_size=4)
+    got = perplexity(tiny_llama, Dataset.from_list(examples), FP32, max_tokens=40, pad_id=PAD)
     assert got["tokens"] == expected
     assert got["tokens"] == token_weighted(hand_nll(tiny_llama, examples))[1]
 
 
-def test_batch_size_does_not_change_the_result(tiny_llama):
+def test_packing_does_not_change_the_result(tiny_llama):
     examples = make_examples(LENGTHS)
-    assert len({len(e["input_ids"]) for e in examples}) == len(examples)  # padding is present at bs 8
+    assert len({len(e["input_ids"]) for e in examples}) == len(examples)  # packs of different shapes
     ds = Dataset.from_list(examples)
-    one = perplexity(tiny_llama, ds, pad_id=PAD, batch_size=1)
-    eight = perplexity(tiny_llama, ds, pad_id=PAD, batch_size=8)
+    one = perplexity(tiny_llama, ds, FP32, max_tokens=1, pad_id=PAD)
+    eight = perplexity(tiny_llama, ds, FP32, max_tokens=4096, pad_id=PAD)
     assert eight["perplexity"] == pytest.approx(one["perplexity"], abs=1e-4)
     assert eight["tokens"] == one["tokens"]
     loss, _ = token_weighted(hand_nll(tiny_llama, examples))
@@ -86,7 +89,7 @@ def test_batch_size_does_not_change_the_result(tiny_llama):
 
 
 def test_bits_per_token_is_loss_over_ln2(tiny_llama):
-    got = perplexity(tiny_llama, Dataset.from_list(make_examples(LENGTHS)), pad_id=PAD, batch_size=8)
+    got = perplexity(tiny_llama, Dataset.from_list(make_examples(LENGTHS)), FP32, max_tokens=4096, pad_id=PAD)
     assert got["bits_per_token"] == pytest.approx(got["loss"] / math.log(2), rel=1e-12)
     assert got["perplexity"] == pytest.approx(math.exp(got["loss"]), rel=1e-12)
 
@@ -115,9 +118,9 @@ def test_token_weighted_not_mean_of_per_example_means(tiny_llama):
     assert count == 29 + 3
     assert abs(weighted - mean_of_means) > 0.5  # the case really separates the two definitions
 
-    # batch_size=1 too: there an average of per-batch means would be the mean of per-example means
-    for batch_size in (1, 2):
-        got = perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD, batch_size=batch_size)
+    # one example per pack too: there an average of per-batch means would be the mean of per-example means
+    for max_tokens in (1, 4096):
+        got = perplexity(tiny_llama, Dataset.from_list(examples), FP32, max_tokens=max_tokens, pad_id=PAD)
         assert got["loss"] == pytest.approx(weighted, rel=1e-5)
         assert got["perplexity"] == pytest.approx(math.exp(weighted), rel=1e-5)
         assert got["loss"] != pytest.approx(mean_of_means, rel=1e-2)
@@ -125,17 +128,17 @@ def test_token_weighted_not_mean_of_per_example_means(tiny_llama):
 
 def test_perplexity_restores_training_mode(tiny_llama):
     tiny_llama.train()
-    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), pad_id=PAD, batch_size=2)
+    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), FP32, max_tokens=12, pad_id=PAD)
     assert tiny_llama.training is True
     tiny_llama.eval()
-    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), pad_id=PAD, batch_size=2)
+    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), FP32, max_tokens=12, pad_id=PAD)
     assert tiny_llama.training is False
 
 
 def test_all_labels_masked_raises(tiny_llama):
     examples = [{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}]
     with pytest.raises(ValueError, match="-100"):
-        perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD)
+        perplexity(tiny_llama, Dataset.from_list(examples), FP32, pad_id=PAD)
 
 
 def test_summarize_nll_values():
@@ -147,3 +150,19 @@ def test_summarize_nll_values():
 def test_summarize_nll_zero_tokens_raises():
     with pytest.raises(ValueError):
         summarize_nll(0.0, 0)
+
+
+def test_per_example_shares_match_each_example_alone_in_dataset_order(tiny_llama):
+    examples = make_examples(LENGTHS)
+    hand = hand_nll(tiny_llama, examples)
+    for max_tokens in (1, 30, 4096):
+        got = per_example_nll(tiny_llama, Dataset.from_list(examples), FP32, max_tokens, PAD)
+        assert [t for _, t in got] == [c for _, c in hand]
+        assert [n for n, _ in got] == pytest.approx([n for n, _ in hand], rel=1e-5)
+
+
+def test_token_batches_respect_the_budget_and_keep_every_example():
+    lengths = [5, 17, 9, 30, 3, 12]
+    packs = token_batches(lengths, 32)
+    assert sorted(i for p in packs for i in p) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in p) <= 32 or len(p) == 1 for p in packs)

@@ -1,4 +1,4 @@
-"""The notebooks' shape: title, Colab setup cell, one commented parameters cell, outputs stripped, one repo URL."""
+"""The notebooks' shape: title, one commented parameters cell, the Colab setup cell, outputs stripped, one repo URL."""
 
 import re
 import tomllib
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+from helpers.colab import SETUP_CELL
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -24,9 +26,11 @@ def test_notebook_shape(path):
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# "), "starts with a title"
     assert "learn" in first.source, "says what the student will learn"
-    assert 'if "google.colab" in sys.modules' in nb.cells[1].source, "second cell is the Colab setup"
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, "exactly one parameters cell"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0] is tagged[0] and code[1].source == SETUP_CELL, "parameters first, then the one Colab setup cell"
+    assert "USE_DRIVE" in tagged[0].source, "the setup cell reads USE_DRIVE from the parameters"
     for line in tagged[0].source.splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             assert "#" in line.split("=", 1)[1], f"setting without a comment: {line!r}"

@@ -7,40 +7,12 @@ import pytest
 
 from helpers import results
 from helpers.results import RUN_ORDER, ResultsError, load_all, problems, read, validate, write_atomic
+from records import make_record
 
 
 def valid_record(run_id: str = "lora-r16", method: str = "lora") -> dict:
-    """Every field results_schema.json requires, with plausible values."""
-    lora = None if method == "full" else {"r": 16, "alpha": 32, "dropout": 0.05,
-                                          "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
-    quant = {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"} \
-        if method == "qlora" else None
-    return {
-        "schema_version": 1,
-        "run_id": run_id,
-        "method": method,
-        "seed": 42,
-        "started_at": "2025-11-24T12:00:00+00:00",
-        "finished_at": "2025-11-24T12:01:30+00:00",
-        "config_fingerprint": "0123456789abcdef",
-        "lora": lora,
-        "quantization": quant,
-        "model": {"preset": "smollm2-135m-bundled", "source": "bundled", "total_params": 134515008},
-        "data": {"manifest": "python_docs", "fingerprint": "fedcba9876543210", "train_examples": 120,
-                 "eval_examples": 40},
-        "params": {"trainable": 1843200, "total": 136358208, "trainable_pct": 1.35},
-        "training": {"steps": 30, "tokens": 15000, "seconds": 61.5, "tokens_per_second": 243.9,
-                     "pad_fraction": 0.0, "peak_memory_bytes": 812_000_000, "memory_kind": "cpu_rss_sampled",
-                     "log": [{"step": 2, "loss": 2.5, "lr": 2e-4, "grad_norm": 1.1},
-                             {"step": 4, "loss": 2.1, "lr": None, "grad_norm": None}]},
-        "eval": {"tokens": 4000, "loss_before": 2.3, "perplexity_before": 9.97, "bits_per_token_before": 3.32,
-                 "loss_after": 1.9, "perplexity_after": 6.69, "bits_per_token_after": 2.74},
-        "generations": [{"prompt": "What is a dict?", "before": "A thing.", "after": "A mapping."}],
-        "artifact": {"path": "adapters/lora-r16", "bytes": 7_400_000},
-        "environment": {"device": "cpu", "dtype": "float32", "profile": "cpu", "python": "3.12.3",
-                        "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "trl": None,
-                        "bitsandbytes": None},
-    }
+    """Every field results_schema.json requires, with plausible values (the shared factory in tests/records.py)."""
+    return make_record(run_id)
 
 
 # ---------- validation ----------
@@ -84,17 +56,21 @@ def _setting(path, value):
 BROKEN = {
     "no run_id": (_without(["run_id"]), "run_id"),
     "no eval": (_without(["eval"]), "eval"),
-    "no training.peak_memory_bytes": (_without(["training", "peak_memory_bytes"]), "peak_memory_bytes"),
+    "no memory categories": (_without(["memory", "categories"]), "categories"),
+    "no activations": (_without(["memory", "categories", "activations"]), "activations"),
+    "no training.loss_head": (_without(["training", "loss_head"]), "loss_head"),
+    "no per-example losses": (_without(["eval", "per_example_after"]), "per_example_after"),
     "no environment.peft": (_without(["environment", "peft"]), "peft"),
     "seed is a string": (_setting(["seed"], "42"), "seed"),
     "steps is a float": (_setting(["training", "steps"], 30.5), "training.steps"),
     "lora is a list": (_setting(["lora"], [16, 32]), "lora"),
-    "schema_version 0": (_setting(["schema_version"], 0), "schema_version"),
+    "schema_version 1": (_setting(["schema_version"], 1), "schema_version"),
     "unknown method": (_setting(["method"], "prefix-tuning"), "method"),
     "run_id with capitals": (_setting(["run_id"], "LoRA_16"), "run_id"),
-    "pad_fraction above 1": (_setting(["training", "pad_fraction"], 1.5), "pad_fraction"),
+    "precision unknown": (_setting(["training", "precision"], "int8"), "precision"),
     "perplexity below 1": (_setting(["eval", "perplexity_after"], 0.5), "perplexity_after"),
-    "unknown memory kind": (_setting(["training", "memory_kind"], "rss"), "memory_kind"),
+    "unknown memory kind": (_setting(["memory", "device_peak_kind"], "rss"), "device_peak_kind"),
+    "status without the flag": (_without(["status", "worse_than_before"]), "worse_than_before"),
     "4-bit with 3 bits": (_setting(["quantization"], {"bits": 3, "quant_type": "nf4", "double_quant": True,
                                                       "compute_dtype": "float32"}), "quantization"),
 }
@@ -115,7 +91,7 @@ def test_broken_record_fails(case):
 def test_extra_fields_are_allowed():
     record = valid_record()
     record["notes"] = "student comment"
-    record["training"]["optimizer"] = "adamw_torch"
+    record["training"]["note"] = "resumed on Colab"
     assert problems(record) == []
 
 
@@ -192,10 +168,14 @@ def test_read_explains_each_rejection(tmp_path):
     with pytest.raises(ResultsError, match="object"):
         read(tmp_path / "b.json")
     old = valid_record()
-    old["schema_version"] = 0
+    old["schema_version"] = 1  # written by an earlier version of the lab
     (tmp_path / "c.json").write_text(json.dumps(old))
-    with pytest.raises(ResultsError, match="schema_version is 0"):
+    with pytest.raises(results.OlderSchema, match="older schema"):
         read(tmp_path / "c.json")
+    old["schema_version"] = 99
+    (tmp_path / "e.json").write_text(json.dumps(old))
+    with pytest.raises(ResultsError, match="schema_version is 99"):
+        read(tmp_path / "e.json")
     bad = valid_record()
     bad["eval"]["tokens"] = 0
     (tmp_path / "d.json").write_text(json.dumps(bad))
@@ -207,7 +187,7 @@ def test_load_all_keeps_valid_and_explains_rejections(tmp_path):
     write_atomic(valid_record("lora-r8", "lora"), tmp_path / "lora-r8.json")
     (tmp_path / "broken.json").write_text('{"schema_version": 1, "run_id": "full"')  # cut off mid-write
     old = valid_record("full", "full")
-    old["schema_version"] = 0
+    old["schema_version"] = 1
     (tmp_path / "old.json").write_text(json.dumps(old))
     (tmp_path / "notes.txt").write_text("not a results file")
 
@@ -218,7 +198,7 @@ def test_load_all_keeps_valid_and_explains_rejections(tmp_path):
     reasons = dict(rejected)
     assert all(isinstance(reason, str) and reason for reason in reasons.values())
     assert "JSON" in reasons["broken.json"]
-    assert "schema_version" in reasons["old.json"]
+    assert reasons["old.json"].startswith("older schema")
 
 
 def test_load_all_returns_run_order(tmp_path):

@@ -1,16 +1,23 @@
-"""helpers.training: packing without cross-talk, run specs as data, LoRA parameter counts, memory meter."""
+"""helpers.training on TRL's SFTTrainer: each TRL default that matters set on purpose, packing without cross-talk,
+completion-only masking as SFTTrainer does it, fp32 QLoRA adapters, exact token accounting, a stop on NaN."""
+
+from __future__ import annotations
 
 import dataclasses
-import time
+from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from datasets import Dataset
+from peft import prepare_model_for_kbit_training
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from helpers import training
-from helpers.models import LLAMA_TARGETS
-from helpers.training import (STANDARD_RUNS, CountingCollator, LoraSpec, MemoryMeter, QuantSpec,
-                              expected_lora_parameters, full, lora, qlora)
+from helpers import data, training
+from helpers.environment import Environment, choose_precision
+from helpers.profiles import get_profile
+from helpers.specs import LORA_ALPHA, STANDARD_RUNS, LoraSpec, QuantSpec, full, lora, qlora
+from helpers.training import StepRecord, _rate, expected_lora_parameters, make_trainer, sft_settings, train
 
 # Three examples of different lengths; prompts masked with -100, the last token (2) is EOS.
 EXAMPLES = [
@@ -18,6 +25,17 @@ EXAMPLES = [
     {"input_ids": [10, 11, 12, 13, 14, 15, 16, 17, 18, 2], "labels": [-100, -100, -100, -100, 14, 15, 16, 17, 18, 2]},
     {"input_ids": [20, 21, 22, 2], "labels": [-100, 21, 22, 2]},
 ]
+
+
+def env(precision: str = "fp32", device: str = "cpu") -> Environment:
+    chosen = {"fp32": choose_precision("cpu"), "bf16": choose_precision("cpu", None, True),
+              "fp16": choose_precision("cuda", (7, 5))}[precision]
+    return Environment(False, device, "test", (7, 5) if device == "cuda" else None, chosen, True)
+
+
+def collate(examples):
+    """TRL's padding-free collator, exactly what SFTTrainer builds for padding_free=True."""
+    return DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
 
 
 def one_by_one_loss(model) -> float:
@@ -31,140 +49,230 @@ def one_by_one_loss(model) -> float:
     return total / count
 
 
-def test_collator_packs_into_one_unpadded_row():
-    collator = CountingCollator()
-    batch = collator(EXAMPLES)
+# ---------------------------------------------------------------- packing
+
+def test_packed_batch_is_one_unpadded_row_with_restarting_positions():
+    batch = collate(EXAMPLES)
     lengths = [len(e["input_ids"]) for e in EXAMPLES]
     assert batch["input_ids"].shape == (1, sum(lengths))
-    assert batch["input_ids"][0].tolist() == [t for e in EXAMPLES for t in e["input_ids"]]
-    assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]  # restart per example
-    assert "attention_mask" not in batch  # no padding to mask
-    assert collator.real_tokens == sum(lengths) == 20
-    assert collator.slots == 20
-    assert collator.pad_fraction == 0.0
-    collator(EXAMPLES[:2])
-    assert collator.real_tokens == 20 + 16
-    assert collator.pad_fraction == 0.0
-
-
-def test_fresh_collator_has_no_pad_fraction():
-    assert CountingCollator().pad_fraction == 0.0
+    assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    assert "attention_mask" not in batch  # nothing to mask: no padding
 
 
 def test_packed_loss_equals_token_weighted_per_example_loss(tiny_llama):
     assert tiny_llama.config.use_cache is False
     tiny_llama.train()
     assert tiny_llama.config.attention_dropout == 0.0
-    collator = CountingCollator()
-    batch = collator(EXAMPLES)
-    packed = tiny_llama(**batch).loss.item()
+    packed = tiny_llama(**collate(EXAMPLES)).loss.item()
     assert packed == pytest.approx(one_by_one_loss(tiny_llama), abs=1e-5)
-    assert collator.pad_fraction == 0.0
-    assert collator.real_tokens == sum(len(e["input_ids"]) for e in EXAMPLES)
 
 
 def test_packing_with_use_cache_on_lets_examples_attend_to_each_other(tiny_llama):
     """The trap load_model avoids: a KV cache in train mode drops the packed-sequence masking."""
     tiny_llama.train()
     tiny_llama.config.use_cache = True
-    packed = tiny_llama(**CountingCollator()(EXAMPLES)).loss.item()
-    separate = one_by_one_loss(tiny_llama)
-    assert abs(packed - separate) > 1e-4
+    assert abs(tiny_llama(**collate(EXAMPLES)).loss.item() - one_by_one_loss(tiny_llama)) > 1e-4
 
 
 def test_packing_without_position_restarts_differs(tiny_llama):
     """Control: the equality above depends on the restarts, so it is not a coincidence of a random model."""
     tiny_llama.train()
-    batch = CountingCollator()(EXAMPLES)
-    del batch["position_ids"]
+    batch = collate(EXAMPLES)
+    batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None]
+    for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
+        batch.pop(key)
     assert abs(tiny_llama(**batch).loss.item() - one_by_one_loss(tiny_llama)) > 1e-4
 
 
-# ---------- run specs ----------
+# ---------------------------------------------------------------- completion-only masking, as SFTTrainer does it
 
+ROWS = [{"instruction": "Say hello to the class.", "input": "twenty students", "output": "Hello, everyone!"},
+        {"instruction": "What is a tuple?", "input": "", "output": "An immutable sequence."},
+        {"instruction": "Name a prime.", "input": "", "output": "Seven."}]
+
+
+def test_completion_only_masking_on_the_real_chat_template(real_tokenizer):
+    tok = real_tokenizer
+    example = data.to_example(ROWS[0], "instruction", conversational=True)
+    tokenized = data.tokenize([example], tok)[0]
+    prompt_ids = tok.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+    n = len(prompt_ids)
+    assert tokenized["input_ids"][:n] == list(prompt_ids)
+    assert tokenized["labels"][:n] == [-100] * n, "every prompt token (system, user, assistant header) is context"
+    learned = tokenized["labels"][n:]
+    assert learned == tokenized["input_ids"][n:] and -100 not in learned
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id in learned, "the end of turn is a target"
+    assert tok.decode(learned) == "Hello, everyone!<|im_end|>\n"
+    assert "twenty students" in tok.decode(prompt_ids) and "<|im_start|>assistant" in tok.decode(prompt_ids)
+
+
+def test_without_a_chat_template_the_seed_template_is_used(real_tokenizer):
+    example = data.to_example(ROWS[0], "instruction", conversational=False)
+    assert example["prompt"] == "### Instruction:\nSay hello to the class.\n\n### Input:\ntwenty students\n\n### Response:\n"
+    tokenized = data.tokenize([example], real_tokenizer)[0]
+    learned = [t for t in tokenized["labels"] if t != -100]
+    assert real_tokenizer.decode(learned) == "Hello, everyone!<|im_end|>"  # TRL appends the EOS to the completion
+
+
+def test_lab_tokenization_is_what_sfttrainer_trains_on(real_tokenizer, tiny_llama, tmp_path):
+    """data.tokenize runs TRL's own preparation; SFTTrainer given the raw examples must produce the same ids."""
+    raw = [data.to_example(r, "instruction", conversational=True) for r in ROWS]
+    config = SFTConfig(output_dir=str(tmp_path), max_length=None, padding_free=True, activation_checkpointing=False,
+                       bf16=False, fp16=False, use_cpu=True, report_to="none", completion_only_loss=True)
+    trainer = SFTTrainer(model=tiny_llama, args=config, train_dataset=Dataset.from_list(raw),
+                         processing_class=real_tokenizer)
+    ours = data.tokenize(raw, real_tokenizer)
+    assert trainer.train_dataset["input_ids"] == ours["input_ids"]
+    assert trainer.train_dataset["labels"] == ours["labels"]
+
+
+# ---------------------------------------------------------------- TRL's defaults, set on purpose
+
+def test_trl_defaults_are_the_traps_the_lab_avoids(tmp_path):
+    """What SFTConfig does when nobody sets these: bf16 on, activation checkpointing on, truncation at 1024."""
+    default = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert default.bf16 is True and default.activation_checkpointing is True and default.max_length == 1024
+
+
+@pytest.mark.parametrize("precision, fp16, bf16", [("fp32", False, False), ("bf16", False, True), ("fp16", True, False)])
+def test_sft_settings_are_explicit(precision, fp16, bf16, tmp_path):
+    profile = get_profile("cpu")
+    for spec in STANDARD_RUNS:
+        s = sft_settings(spec, profile, env(precision, "cuda" if precision == "fp16" else "cpu"), 7, tmp_path)
+        assert (s["fp16"], s["bf16"]) == (fp16, bf16), "a T4 gets fp16 AMP, never TRL's default bf16"
+        assert s["activation_checkpointing"] is False, "off for every method alike"
+        assert s["max_length"] is None and s["padding_free"] is True and s["packing"] is False
+        assert s["logging_steps"] == profile.logging_steps and s["max_steps"] == profile.max_steps
+        assert s["optim"] == "adamw_torch", "the same optimizer for every standard run"
+        assert s["learning_rate"] == profile.learning_rate(spec.method)
+        assert s["seed"] == s["data_seed"] == 7
+        assert s["report_to"] == "none" and s["eval_strategy"] == "no"
+    assert sft_settings(full(), profile, env(), 1, tmp_path, report_to="wandb")["report_to"] == "wandb"
+
+
+def test_sft_config_built_on_cpu_keeps_the_settings(tmp_path):
+    config = training.sft_config(lora(8), get_profile("smoke"), env("fp32"), 1, tmp_path)
+    assert config.bf16 is False and config.fp16 is False
+    assert config.activation_checkpointing is False and config.gradient_checkpointing is False
+
+
+def _tiny_4bit(tmp_path: Path, compute_dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    from conftest import make_tiny_llama
+    from helpers.models import bnb_config, keep_4bit_layers_trainable
+    make_tiny_llama().save_pretrained(tmp_path / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", quantization_config=bnb_config("nf4", True,
+                                                 compute_dtype), device_map={"": "cpu"}, dtype=torch.float32)
+    model.config.use_cache = False
+    return prepare_model_for_kbit_training(keep_4bit_layers_trainable(model), use_gradient_checkpointing=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_qlora_trainable_weights_stay_fp32(precision, tmp_path, real_tokenizer, monkeypatch):
+    """TRL casts a quantized model's adapters to bf16; the lab casts them back. fp16 is a T4's setting: the model
+    gets its fp16 compute dtype, while the trainer itself runs on this CPU (a CPU cannot run fp16 AMP)."""
+    lab_env = env(precision, "cpu")
+    model = _tiny_4bit(tmp_path, lab_env.precision.dtype)
+    cpu_flags = dataclasses.replace(lab_env, precision=choose_precision("cpu"))
+    real_settings = training.sft_settings
+    monkeypatch.setattr(training, "sft_settings", lambda spec, profile, env, *a, **k: real_settings(spec, profile,
+                                                                                                   cpu_flags, *a, **k))
+    profile = dataclasses.replace(get_profile("smoke"), checkpoint_steps=0)
+    trainer = make_trainer(model, qlora(), profile, lab_env, Dataset.from_list(EXAMPLES), real_tokenizer, 1,
+                           tmp_path / "out", "t")
+    trainable = {n: p.dtype for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and set(trainable.values()) == {torch.float32}
+    # The trap is real: SFTTrainer alone leaves them in bf16.
+    bare = SFTTrainer(model=_tiny_4bit(tmp_path / "again", lab_env.precision.dtype),
+                      args=training.sft_config(qlora(), profile, cpu_flags, 1, tmp_path / "bare"),
+                      train_dataset=Dataset.from_list(EXAMPLES), processing_class=real_tokenizer,
+                      peft_config=training.peft_config(qlora(), profile.model))
+    assert {p.dtype for p in bare.model.parameters() if p.requires_grad} == {torch.bfloat16}
+
+
+# ---------------------------------------------------------------- tokens, time, divergence
+
+def _small_trainer(tiny_llama, real_tokenizer, tmp_path, examples, steps=2, batch=2):
+    profile = dataclasses.replace(get_profile("smoke"), max_steps=steps, batch_size=batch, checkpoint_steps=0,
+                                  logging_steps=1)
+    return make_trainer(tiny_llama, lora(4), profile, env("fp32"), Dataset.from_list(examples), real_tokenizer, 3,
+                        tmp_path, "t")
+
+
+def test_tokens_counted_are_the_ones_trained(tiny_llama, real_tokenizer, tmp_path):
+    examples = [{"input_ids": [3 + (i + j) % 100 for j in range(5 + 3 * i)], "labels": [-100] * 2 +
+                 [3 + (i + j) % 100 for j in range(2, 5 + 3 * i)]} for i in range(8)]
+    trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, examples, steps=2, batch=2)
+    order = [b for _, b in zip(range(3), trainer.get_train_dataloader())]  # same seed: the order training uses
+    outcome = train(trainer)
+    expected = [int(b["input_ids"].numel()) for b in order]
+    assert outcome.tokens == sum(expected[:2]), "two steps' tokens, not the batch the loader fetched ahead"
+    assert outcome.target_tokens == sum(int((b["labels"][:, 1:] != -100).sum()) for b in order[:2])
+    assert [s.tokens for s in trainer.steps] == expected[:2]
+
+
+def test_throughput_leaves_out_the_warmup_step():
+    steps = [StepRecord(1, 10.0, 100, 50, 9.0, 0.1, True), StepRecord(2, 1.0, 100, 50, 0.9, 0.0, False),
+             StepRecord(3, 1.0, 300, 50, 0.9, 0.0, False)]
+    assert _rate(steps) == (200.0, 2.0)
+    resumed = steps + [StepRecord(4, 5.0, 100, 50, 4.0, 0.0, True), StepRecord(5, 2.0, 100, 50, 1.9, 0.0, False)]
+    assert _rate(resumed) == (500 / 4.0, 4.0), "a resumed process's first step is warm-up too"
+
+
+def test_nan_loss_stops_the_run_with_a_clear_message(tiny_llama, real_tokenizer, tmp_path):
+    trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, EXAMPLES)
+    real = trainer.compute_loss
+    trainer.compute_loss = lambda *a, **k: real(*a, **k) * float("nan")
+    with pytest.raises(training.DivergedError, match="lower the learning rate"):
+        train(trainer)
+
+
+# ---------------------------------------------------------------- run specs
 
 def test_qlora_is_lora16_plus_quantization():
     q, l16 = dataclasses.asdict(qlora()), dataclasses.asdict(lora(16))
-    differing = {key for key in q if q[key] != l16[key]}
-    assert differing == {"run_id", "method", "quantization", "paged_optimizer_on_cuda"}
-    assert (q["run_id"], q["method"], q["paged_optimizer_on_cuda"]) == ("qlora", "qlora", True)
+    assert {key for key in q if q[key] != l16[key]} == {"run_id", "method", "quantization"}
+    assert (q["run_id"], q["method"]) == ("qlora", "qlora")
     assert q["quantization"] == dataclasses.asdict(QuantSpec(bits=4, quant_type="nf4", double_quant=True))
-    assert l16["quantization"] is None and l16["paged_optimizer_on_cuda"] is False
-    assert q["lora"] == l16["lora"] == dataclasses.asdict(LoraSpec(16, 32))
+    assert q["lora"] == l16["lora"] == dataclasses.asdict(LoraSpec(16, LORA_ALPHA, 0.0))
+    assert q["optimizer"] == l16["optimizer"] == "adamw_torch", "the 4-bit base is the only difference"
 
 
 @pytest.mark.parametrize("r", [1, 4, 8, 16, 32, 64])
-def test_lora_alpha_is_twice_the_rank(r):
+def test_lora_alpha_is_fixed_across_ranks(r):
     spec = lora(r)
-    assert spec.lora.r == r
-    assert spec.lora.alpha == 2 * r
-    assert spec.run_id == f"lora-r{r}" and spec.method == "lora"
-    assert spec.learning_rate == training.LORA_LR
-
-
-def test_lora_explicit_alpha():
-    assert lora(8, alpha=8).lora.alpha == 8
-    assert lora(8, alpha=0).lora.alpha == 0  # 0 is a value, not "use the default"
+    assert (spec.lora.r, spec.lora.alpha, spec.lora.dropout) == (r, LORA_ALPHA, 0.0)
 
 
 def test_standard_runs():
-    assert tuple(s.run_id for s in STANDARD_RUNS) == ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")
-    assert [s.method for s in STANDARD_RUNS] == ["full", "lora", "lora", "lora", "qlora"]
+    assert [s.run_id for s in STANDARD_RUNS] == ["full", "lora-r8", "lora-r16", "lora-r32", "qlora"]
     assert full().lora is None and full().quantization is None
-    assert full().learning_rate == training.FULL_LR < training.LORA_LR
 
 
 def test_target_modules_default_to_the_preset():
+    from helpers.models import LLAMA_TARGETS
     assert training.target_modules(lora(8), "smollm2-135m-bundled") == list(LLAMA_TARGETS)
     assert training.target_modules(lora(8), "gpt2") == ["c_attn", "c_proj", "c_fc"]
-    custom = dataclasses.replace(lora(8), lora=LoraSpec(8, 16, target_modules=("q_proj", "v_proj")))
-    assert training.target_modules(custom, "smollm2-135m-bundled") == ["q_proj", "v_proj"]
-
-
-# ---------- LoRA parameter count ----------
 
 
 def test_expected_lora_parameters_matches_peft_and_hand_formula(tiny_llama):
-    targets = list(LLAMA_TARGETS)
-    r = 4
-    expected = expected_lora_parameters(tiny_llama, targets, r)
-    # hidden 32, 4 heads of 8 -> q, o: 32x32; 2 KV heads -> k, v: 32 -> 16; MLP 32 <-> 64. Per layer, r*(in+out):
-    per_layer = r * ((32 + 32) + (32 + 16) + (32 + 16) + (32 + 32) + (32 + 64) + (32 + 64) + (64 + 32))
-    assert per_layer == 2048
+    from peft import LoraConfig, get_peft_model
+
+    from helpers.models import LLAMA_TARGETS
+    expected = expected_lora_parameters(tiny_llama, list(LLAMA_TARGETS), 4)
+    # hand: per layer q,k,v,o,gate,up,down with hidden 32, kv 16 (2 heads x 8), intermediate 64; two layers
+    per_layer = 4 * ((32 + 32) + (32 + 16) + (32 + 16) + (32 + 32) + (32 + 64) + (32 + 64) + (64 + 32))
     assert expected == 2 * per_layer
-    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets, bias="none",
-                        task_type="CAUSAL_LM")
-    trainable, _ = get_peft_model(tiny_llama, config).get_nb_trainable_parameters()
-    assert trainable == expected
+    peft_model = get_peft_model(tiny_llama, LoraConfig(r=4, lora_alpha=8, target_modules=list(LLAMA_TARGETS)))
+    assert peft_model.get_nb_trainable_parameters()[0] == expected
 
 
-def test_expected_lora_parameters_counts_only_the_targets(tiny_llama):
-    assert expected_lora_parameters(tiny_llama, ["q_proj", "v_proj"], 8) == 2 * 8 * ((32 + 32) + (32 + 16))
-    assert expected_lora_parameters(tiny_llama, ["no_such_layer"], 8) == 0
-
-
-# ---------- memory meter ----------
-
-
-def test_memory_meter_sees_a_200_mb_tensor():
-    meter = MemoryMeter("cpu")
-    assert meter.kind == "cpu_rss_sampled"
-    with meter.measure():
-        big = torch.ones(50_000_000, dtype=torch.float32)  # 200 MB, every page touched
-        time.sleep(0.1)  # let the sampler see it
-        del big
-    assert meter.peak_bytes >= 150_000_000
-
-
-def test_memory_meter_idle_block_is_small():
-    meter = MemoryMeter("cpu")
-    with meter.measure():
-        time.sleep(0.1)
-    assert 0 <= meter.peak_bytes < 50_000_000
-
+# ---------------------------------------------------------------- 4-bit layers after an eval forward
 
 def _tiny_qlora(path):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
     from helpers.models import bnb_config

@@ -1,0 +1,124 @@
+"""Learning rates from a sweep, not a guess: `make sweep` (python -m helpers.sweep). Not part of `make lab`.
+
+For each swept spec (full fine-tuning, and LoRA at r=8 and r=32 with alpha fixed at 16, so the sweep also shows
+whether the best rate depends on the rank) and each rate of a small grid, train the profile's budget on its
+training sample and measure perplexity on the validation split carved from the training side (helpers.data: whole
+groups, never the held-out set the lab reports). QLoRA trains the same adapters and takes LoRA's rate.
+
+Writes <results>/sweep/sweep.json and sweep.png (validation perplexity against the learning rate, one line per spec)
+and prints the best rate per spec and the LoRA / full ratio. The profiles' learning_rates are set from it by hand,
+with the sweep's files committed in notebooks/reference_results/ as the evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .environment import results_dir
+from .evaluation import perplexity
+from .results import write_json_atomic
+from .runs import Lab, release
+from .specs import RunSpec, full, lora
+from .training import build_base, make_trainer, train
+
+GRIDS = {"full": (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3), "lora": (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)}
+SWEPT = (full(), lora(8), lora(32))
+
+
+def one_point(lab: Lab, spec: RunSpec, learning_rate: float, seed: int) -> dict:
+    """Train `spec` at `learning_rate` on the profile's budget; its validation perplexity (nothing is saved)."""
+    spec = dataclasses.replace(spec, learning_rate=learning_rate)
+    profile = dataclasses.replace(lab.profile, checkpoint_steps=0)  # a sweep point is cheap to redo
+    model = build_base(spec, profile, lab.env)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = make_trainer(model, spec, profile, lab.env, lab.data.train, lab.tokenizer, seed, Path(scratch),
+                               f"{spec.run_id} lr={learning_rate:g}")
+        outcome = train(trainer)
+        found = perplexity(trainer.model, lab.data.validation, lab.env.precision, profile.eval_batch_tokens,
+                           lab.tokenizer.pad_token_id)
+    del model, trainer
+    release()
+    return {"run_id": spec.run_id, "method": spec.method, "rank": spec.lora.r if spec.lora else None,
+            "learning_rate": learning_rate, "seed": seed, "validation_perplexity": found["perplexity"],
+            "validation_loss": found["loss"], "train_loss_last": outcome.log[-1]["loss"] if outcome.log else None,
+            "seconds": outcome.seconds_total}
+
+
+def best_rates(points: list[dict]) -> dict[str, dict]:
+    """Per swept run: the rate with the lowest validation perplexity (mean over seeds), and its neighbours' cost."""
+    out = {}
+    for run_id in dict.fromkeys(p["run_id"] for p in points):
+        by_rate: dict[float, list[float]] = {}
+        for p in points:
+            if p["run_id"] == run_id:
+                by_rate.setdefault(p["learning_rate"], []).append(p["validation_perplexity"])
+        means = {rate: sum(v) / len(v) for rate, v in sorted(by_rate.items())}
+        best = min(means, key=means.get)
+        out[run_id] = {"learning_rate": best, "validation_perplexity": means[best], "by_rate": means}
+    return out
+
+
+def sweep(profile: str = "cpu", seeds: int = 1, specs: tuple[RunSpec, ...] = SWEPT,
+          grids: dict[str, tuple[float, ...]] = GRIDS, out: Path | None = None) -> dict:
+    lab = Lab(profile, seeds=seeds)
+    if lab.data.validation is None:
+        raise ValueError(f"profile {profile!r} has validation_examples = 0: nothing to choose a learning rate on. "
+                         "Fix: give the profile validation_examples (e.g. 40).")
+    out = out or results_dir() / "sweep"
+    # Points an earlier (interrupted or narrower) sweep of the same profile and data already measured are kept.
+    earlier = {}
+    if (out / "sweep.json").exists():
+        previous = json.loads((out / "sweep.json").read_text())
+        if (previous.get("profile"), previous.get("data_fingerprint")) == (profile, lab.data.fingerprint):
+            earlier = {(p["run_id"], p["learning_rate"], p["seed"]): p for p in previous["points"]}
+    points = []
+    start = time.perf_counter()
+    total = sum(len(grids["full" if s.method == "full" else "lora"]) for s in specs) * len(lab.seeds)
+    for spec in specs:
+        for rate in grids["full" if spec.method == "full" else "lora"]:
+            for seed in lab.seeds:
+                points.append(earlier.get((spec.run_id, rate, seed)) or one_point(lab, spec, rate, seed))
+                p = points[-1]
+                print(f"[{len(points)}/{total}] {spec.run_id} lr={rate:g} seed {seed}: validation perplexity "
+                      f"{p['validation_perplexity']:.3f} ({p['seconds']:.0f} s)", flush=True)
+    best = best_rates(points)
+    lora_best = [b["learning_rate"] for run, b in best.items() if run != "full"]
+    result = {"profile": profile, "model": lab.profile.model, "dataset": lab.profile.dataset,
+              "data_fingerprint": lab.data.fingerprint,
+              "validation_examples": len(lab.data.validation), "seeds": list(lab.seeds),
+              "precision": lab.env.precision.name, "device": lab.env.device_name, "grids": grids, "points": points,
+              "best": best, "seconds": time.perf_counter() - start}
+    if "full" in best and lora_best:
+        result["lora_to_full_ratio"] = sum(lora_best) / len(lora_best) / best["full"]["learning_rate"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(result, out / "sweep.json")
+    from .plots import save_figure, sweep_figure
+
+    save_figure(sweep_figure(result), out / "sweep.png")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per point (default 1)")
+    parser.add_argument("--out", type=Path, default=None, help="default: <results>/sweep")
+    args = parser.parse_args()
+    result = sweep(args.profile, args.seeds, out=args.out)
+    print("\nbest learning rate (validation perplexity):")
+    for run_id, b in result["best"].items():
+        print(f"  {run_id:9} {b['learning_rate']:g} ({b['validation_perplexity']:.3f})")
+    if "lora_to_full_ratio" in result:
+        print(f"LoRA / full learning-rate ratio: {result['lora_to_full_ratio']:.1f}x (LoRA Without Regret: about 10x)")
+    print(f"written: {args.out or results_dir() / 'sweep'} (sweep.json, sweep.png) in {result['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

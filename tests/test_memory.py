@@ -1,0 +1,213 @@
+"""helpers.memory: one training step measured by category, the prediction from the config, the fit check."""
+
+import pytest
+import torch
+from conftest import make_tiny_llama, tiny_llama_config
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerState
+
+from helpers.memory import (MemoryFitError, StepMemoryProbe, cheaper_choices, check_fits, gradient_bytes, predict,
+                            weight_bytes)
+from helpers.models import LLAMA_TARGETS
+from helpers.specs import full, lora, qlora
+
+RANK = 8
+
+
+def wide_llama_config() -> LlamaConfig:
+    """Wider and deeper than conftest's tiny Llama, with the same small vocabulary, so that activations (per token
+    ~ layers x widths) dwarf "other": at the step's peak, early in backward, that is two fp32 logits-sized tensors
+    (the gradients of the log-softmax and of the logits) plus one layer's backward temporaries (MLP-wide gradients),
+    neither of which grows with the number of layers."""
+    return LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=6,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+
+
+def build(method: str, config: LlamaConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.config.use_cache = False
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=16, lora_dropout=0.0, bias="none",
+                                                 target_modules=list(LLAMA_TARGETS), task_type="CAUSAL_LM"))
+    return model.train()
+
+
+def packed_batch(vocab: int, rows: int, length: int) -> dict[str, torch.Tensor]:
+    """The lab's padding-free layout: a step's examples in one row, positions restarting at each example."""
+    ids = torch.randint(0, vocab, (1, rows * length), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(length).repeat(rows)[None]}
+
+
+def measured_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Two optimizer steps with the probe's hooks in Trainer's order; the probe measures the second."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    probe = StepMemoryProbe()
+    for done in range(2):
+        state = TrainerState(global_step=done, max_steps=2)
+        probe.on_step_begin(None, state, None, model=model, optimizer=optimizer)
+        assert probe.active == (done == 1)
+        with probe.forward():
+            loss = model(**batch).loss
+        loss.backward()
+        probe.on_pre_optimizer_step(None, state, None, model=model, optimizer=optimizer)
+        optimizer.step()
+        probe.on_optimizer_step(None, state, None, model=model, optimizer=optimizer)
+        model.zero_grad()
+        del loss
+        probe.on_step_end(None, state, None, model=model, optimizer=optimizer)
+    assert not probe.active
+    return probe.result()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from a second thread, and OpenMP's spinning threads make a step 30x slower when
+    another process holds the other core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, tuple[dict, torch.nn.Module]]:
+    config = wide_llama_config()
+    out = {}
+    for method in ("lora", "full"):
+        model = build(method, config)
+        out[method] = (measured_step(model, packed_batch(config.vocab_size, rows=4, length=128)), model)
+    return out
+
+
+def test_categories_add_up_to_the_step_peak_and_explain_it(measured):
+    for method, (m, _) in measured.items():
+        assert set(m) == {"weights", "gradients", "optimizer", "activations", "other", "step_peak"}
+        tracked = m["weights"] + m["optimizer"] + max(m["activations"], m["gradients"])
+        assert tracked <= m["step_peak"], (method, m)  # "other" was not clamped at 0: the sum is exact
+        assert tracked + m["other"] == m["step_peak"]
+    lora_step = measured["lora"][0]
+    # Activations dominate this LoRA step; the categories must explain all but "other" (two logits' gradients).
+    assert lora_step["activations"] > 5 * lora_step["weights"]
+    tracked = lora_step["step_peak"] - lora_step["other"]
+    assert tracked >= 0.95 * lora_step["step_peak"], lora_step
+    assert lora_step["other"] > 0  # the logits' gradients are real memory the categories do not hold
+
+
+def test_gradient_and_adamw_bytes_are_exact(measured):
+    for method, (m, model) in measured.items():
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        n = sum(p.numel() for p in trainable)
+        assert m["gradients"] == 4 * n, method
+        # AdamW: fp32 exp_avg and exp_avg_sq, plus a 4-byte fp32 `step` tensor per parameter (non-capturable)
+        assert m["optimizer"] == 8 * n + 4 * len(trainable), method
+        assert gradient_bytes(model) == 0  # zero_grad(set_to_none) freed them after the step
+    assert measured["full"][0]["gradients"] > 5 * measured["lora"][0]["gradients"]
+
+
+def test_prediction_matches_the_measured_step(measured):
+    config = wide_llama_config()
+    tokens = 4 * 128
+    for method, spec in (("lora", lora(RANK)), ("full", full())):
+        m, model = measured[method]
+        p = predict(config, spec, "fp32", "cpu", tokens, targets=LLAMA_TARGETS)
+        trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
+        assert p["trainable_params"] == trainable
+        assert (p["weights"], p["gradients"], p["optimizer"]) == (m["weights"], m["gradients"], m["optimizer"])
+        measured_total = sum(m[k] for k in ("weights", "gradients", "optimizer", "activations", "other"))
+        assert abs(p["total"] - measured_total) <= 0.15 * measured_total, (method, p, m)
+        assert abs(p["peak"] - m["step_peak"]) <= 0.15 * m["step_peak"], (method, p, m)
+        assert abs(p["activations"] - m["activations"]) <= 0.05 * m["activations"], (method, p, m)
+
+
+def test_probe_inside_a_real_trainer(tmp_path):
+    """transformers.Trainer calls the hooks; compute_loss enters probe.forward() as LabTrainer does."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    probe = StepMemoryProbe()
+
+    class ProbedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with probe.forward():
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    model = make_tiny_llama()
+    ids = torch.randint(0, tiny_llama_config().vocab_size, (8, 32), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, use_cpu=True,
+                             report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True)
+    trainer = ProbedTrainer(model=model, args=args, train_dataset=data, callbacks=[probe])
+    trainer.train()
+    m = probe.result()
+    n = sum(p.numel() for p in model.parameters())
+    assert probe.step == 2 and not probe.active
+    assert m["weights"] == weight_bytes(model) == 4 * n + sum(b.untyped_storage().nbytes() for b in model.buffers())
+    assert m["gradients"] == 4 * n
+    assert m["optimizer"] == 8 * n + 4 * len(list(model.parameters()))
+    assert m["activations"] > 0 and m["step_peak"] >= m["weights"] + m["optimizer"] + m["gradients"]
+
+
+def test_a_single_step_training_measures_step_one():
+    probe = StepMemoryProbe()
+    model, state = make_tiny_llama(), TrainerState(global_step=0, max_steps=1)
+    probe.on_step_begin(None, state, None, model=model, optimizer=torch.optim.AdamW(model.parameters()))
+    assert probe.active and probe.step == 1
+    probe.on_step_end(None, state, None)  # no forward ran: nothing saved, no gradients
+    assert probe.result()["activations"] == probe.result()["gradients"] == 0 and not probe.active
+    assert StepMemoryProbe().result() is None
+
+
+TINYLLAMA = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                        num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False)
+T4_FREE = int(15e9)
+
+
+def test_fit_check_refuses_tinyllama_full_fine_tuning_on_a_t4():
+    tokens = 16 * 512
+    p = predict(TINYLLAMA, full(), "fp16", "cuda", tokens, targets=LLAMA_TARGETS)
+    # fp32 master weights, gradients and AdamW: 16 bytes a parameter, ~17.6 GB before any activation
+    assert 17.4e9 < p["weights"] + p["gradients"] + p["optimizer"] < 18e9
+    with pytest.raises(MemoryFitError) as err:
+        check_fits(p, T4_FREE, "full fine-tuning of TinyLlama-1.1B",
+                   cheaper_choices(TINYLLAMA, LLAMA_TARGETS, "fp16", "cuda", tokens))
+    message = str(err.value)
+    for words in ("full fine-tuning of TinyLlama-1.1B", f"{p['peak'] / 1e9:.1f} GB", "optimizer 8.8 GB",
+                  "15.0 GB free", "QLoRA (helpers.qlora(16)) needs about", "LoRA (helpers.lora(16))", "FSDP"):
+        assert words in message, (words, message)
+
+
+def test_fit_check_accepts_tinyllama_qlora_on_a_t4():
+    # 16 examples of ~128 real tokens. A full 16 x 512 packed row is predicted at ~26 GB even for QLoRA: without
+    # activation checkpointing, the activations of 8192 tokens (~2.8 MB each across 22 layers, the T x T mask
+    # included) exceed a T4 whatever the weights cost.
+    tokens = 16 * 128
+    p = predict(TINYLLAMA, qlora(16), "fp16", "cuda", tokens, targets=LLAMA_TARGETS)
+    check_fits(p, T4_FREE, "QLoRA r16 of TinyLlama-1.1B", {})
+    assert p["weights"] < 1.2e9 and p["trainable_params"] == 22 * 16 * (2 * 4096 + 2 * 2304 + 3 * 7680)
+    with pytest.raises(MemoryFitError):
+        check_fits(predict(TINYLLAMA, full(), "fp16", "cuda", tokens, targets=LLAMA_TARGETS), T4_FREE, "full", {})
+
+
+def test_four_bit_weights_count_packed_bytes_and_quant_state(tmp_path):
+    """A 4-bit Llama loaded as the lab loads QLoRA's base (bitsandbytes on CPU): packed uint8 bytes plus absmax,
+    codes and offset of each layer's (double) quantization state, everything else fp32."""
+    from transformers import AutoModelForCausalLM
+
+    from helpers.models import bnb_config
+
+    config = LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # 64k-value layers: the state is small
+    fp32_model = LlamaForCausalLM(config)
+    fp32_model.save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, device_map={"": "cpu"},
+                                                 quantization_config=bnb_config("nf4", True, torch.float32))
+    packed = [p for p in model.parameters() if p.__class__.__name__ == "Params4bit"]
+    assert len(packed) == 14 and all(p.dtype == torch.uint8 for p in packed)
+    stored = sum(p.untyped_storage().nbytes() for p in model.parameters())
+    quantized = weight_bytes(model)
+    assert quantized > stored + 14 * 1024  # + each layer's absmax and 256-entry second-level code
+    assert quantized < weight_bytes(fp32_model) / 3
+    # the prediction from the config alone is exact (its LoRA adapters aside)
+    p = predict(config, qlora(RANK), "fp32", "cpu", 64, targets=LLAMA_TARGETS)
+    assert p["weights"] - 4 * p["trainable_params"] == quantized

@@ -1,0 +1,114 @@
+"""helpers.runs.Lab on the real bundled model (smoke budget): runs reproduce across processes, a killed run resumes
+from its checkpoint and ends where an uninterrupted one does, stale or damaged results are not reused, and runs that
+diverge or end worse than they started are never passed off as results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import helpers
+from helpers import results, training
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = """
+import json, sys
+import helpers
+lab = helpers.Lab("smoke", results=sys.argv[1], max_steps=int(sys.argv[2]), checkpoint_steps=int(sys.argv[3]),
+                  train_examples=16)
+r = lab.run(helpers.lora(8))[0]
+print("RESULT " + json.dumps({"loss_after": r["eval"]["loss_after"], "per_example": r["eval"]["per_example_after"],
+                              "log": [e["loss"] for e in r["training"]["log"]], "tokens": r["training"]["tokens"],
+                              "resumed": r["training"]["resumed_from_step"]}))
+"""
+
+
+def run_in_fresh_process(results_dir: Path, steps: int = 2, checkpoints: int = 0, **popen) -> subprocess.Popen:
+    # One thread each, so two of these run side by side on a 2-core machine without oversubscribing it (most of a
+    # smoke run is the process start-up, which then overlaps).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **popen.pop("env", {})}
+    return subprocess.Popen([sys.executable, "-c", RUN, str(results_dir), str(steps), str(checkpoints)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, **popen)
+
+
+def result_of(process: subprocess.Popen) -> dict:
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out[-3000:]
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def test_two_fresh_processes_give_bit_identical_results(tmp_path):
+    """Adapter init, data order and dropout are all seeded: the same spec, profile and seed reproduce exactly."""
+    processes = run_in_fresh_process(tmp_path / "a"), run_in_fresh_process(tmp_path / "b")
+    first, second = (result_of(p) for p in processes)
+    assert first["loss_after"] == second["loss_after"]  # bit-identical, not approximately equal
+    assert first["per_example"] == second["per_example"] and first["log"] == second["log"]
+
+
+def test_killed_run_resumes_from_its_checkpoint_and_matches(tmp_path):
+    """SIGKILL mid-training (the process gets no chance to clean up), then run again: it resumes from the last
+    complete checkpoint and ends with the uninterrupted run's numbers."""
+    steps, every = 6, 2
+    uninterrupted = run_in_fresh_process(tmp_path / "straight", steps, every)  # runs beside the victim
+    folder = tmp_path / "killed"
+    progress = tmp_path / "progress.log"
+    progress.write_text("")
+    victim = run_in_fresh_process(folder, steps, every, env={training.PROGRESS_ENV: str(progress)})
+    deadline = time.time() + 600
+    while "step 5/6" not in progress.read_text():  # checkpoint-4 is complete once step 5 has started
+        assert victim.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    reference = result_of(uninterrupted)
+    assert not list(folder.glob("lora-r8-seed*.json")), "a killed run leaves no results file"
+    resumed = result_of(run_in_fresh_process(folder, steps, every))
+    assert resumed["resumed"] == 4
+    assert resumed["loss_after"] == pytest.approx(reference["loss_after"], abs=1e-4)
+    assert resumed["tokens"] == reference["tokens"] and resumed["log"] == pytest.approx(reference["log"], abs=1e-4)
+    assert not any((folder / "checkpoints").rglob("checkpoint-*")), "checkpoints are removed once the run is done"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    return helpers.Lab("smoke", results=tmp_path_factory.mktemp("results"))
+
+
+def test_stale_or_damaged_results_are_run_again(lab, monkeypatch, capsys):
+    spec = helpers.lora(8)
+    record = lab.run(spec)[0]
+    assert lab.finished(spec, 42) == record
+    monkeypatch.setattr(results, "code_version", lambda: "other code")
+    assert lab.finished(spec, 42) is None and "other settings, data, packages or code" in capsys.readouterr().out
+    monkeypatch.undo()
+    monkeypatch.setattr(results, "package_versions", lambda: {"torch": "9.9"})
+    assert lab.finished(spec, 42) is None, "another torch version is another run"
+    monkeypatch.undo()
+    weights = next(lab.artifact_path(record).glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-10])
+    assert lab.finished(spec, 42) is None and "missing or damaged" in capsys.readouterr().out
+
+
+def test_a_diverged_run_writes_nothing(lab, monkeypatch):
+    real = training.LabTrainer.compute_loss
+    monkeypatch.setattr(training.LabTrainer, "compute_loss", lambda self, *a, **k: real(self, *a, **k) * float("nan"))
+    with pytest.raises(training.DivergedError, match="learning rate"):
+        lab.run_seed(helpers.lora(16), 42)
+    assert not lab.result_path("lora-r16", 42).exists()
+    assert not (lab.results_dir / "artifacts" / "lora-r16-seed42").exists()
+
+
+def test_a_run_that_ends_worse_is_flagged(lab):
+    absurd = helpers.specs.RunSpec("lora-r8-hot", "lora", learning_rate=0.5, lora=helpers.specs.LoraSpec(8, 16))
+    record = lab.run_seed(absurd, 42)
+    assert record["eval"]["perplexity_after"] > record["eval"]["perplexity_before"]
+    assert record["status"]["worse_than_before"] is True and "made the model worse" in record["status"]["notes"][0]
+    assert helpers.tables.flagged([record]) == [record] and helpers.tables.usable([record]) == []
