@@ -36,6 +36,16 @@ def reload(lab, record: dict, base: torch.nn.Module | None = None) -> PeftModel:
     return PeftModel.from_pretrained(base, lab.artifact_path(record), adapter_name=adapter_name(record))
 
 
+def reload_check(lab, record: dict, model: torch.nn.Module | None = None, examples: int = 8) -> tuple[float, float]:
+    """(loss the run measured at the end of training, loss of `model` — by default its saved adapter reloaded) over
+    the first `examples` held-out examples, from the per-example sums the results file keeps: a wrong or stale file
+    shows as a difference far above float rounding, at a fraction of a full evaluation's time."""
+    saved = record["eval"]["per_example_after"][:examples]
+    at_end = sum(n for n, _ in saved) / sum(t for _, t in saved)
+    model = model if model is not None else reload(lab, record)
+    return at_end, lab.evaluate(model, examples=len(saved))["loss"]
+
+
 def load_several(lab, records: list[dict]) -> PeftModel:
     """Several adapters on one copy of the base weights; `model.set_adapter(adapter_name(record))` picks one."""
     if len({bool(r.get("quantization")) for r in records}) > 1:

@@ -103,8 +103,10 @@ class Lab:
                                                              self.env.precision.dtype)
         return load_model(self.profile.model, self.env.device, config)
 
-    def evaluate(self, model: torch.nn.Module) -> dict:
-        return perplexity(model, self.data.eval, self.env.precision, self.profile.eval_batch_tokens,
+    def evaluate(self, model: torch.nn.Module, examples: int | None = None) -> dict:
+        """Held-out perplexity; examples=N: over the first N held-out examples only (a quick check)."""
+        dataset = self.data.eval if examples is None else self.data.eval.select(range(min(examples, len(self.data.eval))))
+        return perplexity(model, dataset, self.env.precision, self.profile.eval_batch_tokens,
                           self.tokenizer.pad_token_id)
 
     def evaluate_forgetting(self, model: torch.nn.Module) -> dict | None:
@@ -113,8 +115,9 @@ class Lab:
         return perplexity(model, self.forgetting_set, self.env.precision, self.profile.eval_batch_tokens,
                           self.tokenizer.pad_token_id)
 
-    def generate(self, model: torch.nn.Module) -> list[str]:
-        return generate(model, self.tokenizer, self.data.prompt_ids, self.profile.generation_tokens,
+    def generate(self, model: torch.nn.Module, prompts: int | None = None) -> list[str]:
+        """Greedy answers to the profile's fixed prompts (prompts=N: the first N only)."""
+        return generate(model, self.tokenizer, self.data.prompt_ids[:prompts], self.profile.generation_tokens,
                         self.env.precision)
 
     def tokens_per_step(self) -> int:

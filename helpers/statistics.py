@@ -280,8 +280,8 @@ def compare_runs(name_a: str, name_b: str, interval: Interval, what: str, lower_
     how = _how(interval)
     if interval.method == "single":
         # One number has no noise estimate: report it, but claim nothing.
-        return (f"{name_a} vs {name_b} on {what}: difference {_fmt(interval.mean, decimals)}{unit} from one value "
-                f"with no interval ({how}), so no claim either way.")
+        return (f"{name_a} vs {name_b} on {what}: difference {_fmt(interval.mean, decimals)}{unit} from one seed, "
+                "which gives no interval, so no claim either way.")
     if not interval.excludes(0.0):
         return (f"{name_a} and {name_b} are within noise on {what}: difference {_fmt(interval.mean, decimals)}{unit} "
                 f"({level} {_fmt(interval.low, decimals)} to {_fmt(interval.high, decimals)} includes 0, {how}).")

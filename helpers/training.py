@@ -135,6 +135,7 @@ class StepRecord:
     forward_backward: float  # seconds in forward + backward
     data: float  # seconds between the previous step's end and this step's forward
     warmup: bool  # the first step of a process pays for lazy initialisation: left out of the throughput
+    profiled: bool = False  # the memory probe's step runs under the profiler: left out of the throughput too
 
 
 CHECKPOINT_DONE = "lab_checkpoint.json"  # written last: a checkpoint folder without it is incomplete and ignored
@@ -186,8 +187,9 @@ class LabTrainer(SFTTrainer):
         end = time.perf_counter()
         last = self._last_end if self._last_end is not None else end
         data = max(0.0, (self._fetched or last) - last)
+        profiled = self.probe is not None and self.probe.step == self.state.global_step
         record = StepRecord(self.state.global_step, end - last, self._pending[0], self._pending[1], self._pending[2],
-                            data, warmup=self._closed_here == 0)
+                            data, warmup=self._closed_here == 0, profiled=profiled)
         self.steps.append(record)
         self._closed_here += 1
         self._pending, self._last_end, self._fetched = [0, 0, 0.0], end, None
@@ -207,6 +209,7 @@ class LabTrainer(SFTTrainer):
                 if older != folder:
                     shutil.rmtree(older, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+        self._last_end = time.perf_counter()  # the save is not training: the next step's clock starts after it
 
     def sync_counts(self) -> None:
         """With several processes each counted its own share of a step: sum the shares (all processes call this)."""
@@ -260,16 +263,21 @@ class StepClock(TrainerCallback):
         progress = os.environ.get(PROGRESS_ENV)
         if progress and (state.global_step % args.logging_steps == 0 or state.global_step == state.max_steps):
             rate, seconds = _rate(self.trainer.steps)
-            timed = max(1, sum(1 for s in self.trainer.steps if not s.warmup))
+            timed = max(1, len(_timed(self.trainer.steps)))
             left = (state.max_steps - state.global_step) * seconds / timed
             with open(progress, "a") as handle:
                 handle.write(f"[{self.label}] step {state.global_step}/{state.max_steps} · {rate:.0f} tokens/s · "
                              f"about {left:.0f} s left\n")
 
 
+def _timed(steps: list[StepRecord]) -> list[StepRecord]:
+    """The steps throughput is measured on: not the warm-up, not the profiled one (all steps when none is left)."""
+    return [s for s in steps if not (s.warmup or s.profiled)] or steps
+
+
 def _rate(steps: list[StepRecord]) -> tuple[float, float]:
-    """(real tokens/s, seconds) over the steps that are not warm-up (all steps when every one is)."""
-    timed = [s for s in steps if not s.warmup] or steps
+    """(real tokens/s, seconds) over the timed steps."""
+    timed = _timed(steps)
     seconds = sum(s.seconds for s in timed)
     return (sum(s.tokens for s in timed) / seconds if seconds > 0 else 0.0), seconds
 
@@ -279,7 +287,7 @@ class TrainingOutcome:
     steps: int
     tokens: int  # real tokens trained, all steps
     target_tokens: int  # completion tokens predicted, all steps
-    seconds: float  # steps after the first (the same steps as tokens_per_second)
+    seconds: float  # the timed steps: not the first, not the profiled one (the same steps as tokens_per_second)
     tokens_per_second: float
     seconds_total: float  # wall time of trainer.train(), warm-up step and checkpoint saves included
     optimizer: str
@@ -324,7 +332,7 @@ def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutco
     steps = trainer.steps
     trainer.sync_counts()
     rate, seconds = _rate(steps)
-    timed = [s for s in steps if not s.warmup] or steps
+    timed = _timed(steps)
     per_step = {"forward_backward": sum(s.forward_backward for s in timed) / len(timed),
                 "data": sum(s.data for s in timed) / len(timed)}
     per_step["optimizer_and_rest"] = max(0.0, seconds / len(timed) - per_step["forward_backward"] - per_step["data"])

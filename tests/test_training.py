@@ -4,6 +4,7 @@ completion-only masking as SFTTrainer does it, fp32 QLoRA adapters, exact token 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,25 @@ def test_throughput_leaves_out_the_warmup_step():
     assert _rate(steps) == (200.0, 2.0)
     resumed = steps + [StepRecord(4, 5.0, 100, 50, 4.0, 0.0, True), StepRecord(5, 2.0, 100, 50, 1.9, 0.0, False)]
     assert _rate(resumed) == (500 / 4.0, 4.0), "a resumed process's first step is warm-up too"
+    profiled = steps + [StepRecord(4, 9.0, 100, 50, 8.0, 0.0, False, profiled=True)]
+    assert _rate(profiled) == (200.0, 2.0), "the memory probe's step runs under the profiler: not a training speed"
+
+
+def test_checkpoint_saves_and_the_profiled_step_are_not_training_time(tiny_llama, real_tokenizer, tmp_path,
+                                                                       monkeypatch):
+    from helpers import memory
+    from transformers.trainer_utils import SaveStrategy
+    trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, EXAMPLES, steps=3)
+    trainer.args.save_strategy, trainer.args.save_steps = SaveStrategy.STEPS, 1
+    probe = memory.StepMemoryProbe()
+    trainer.probe = probe
+    trainer.add_callback(probe)
+    library_save = SFTTrainer._save_checkpoint  # what LabTrainer._save_checkpoint calls first: a slow disk, say
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", lambda self, *a: (time.sleep(1.0), library_save(self, *a)))
+    trainer.train()
+    steps = trainer.steps
+    assert [s.profiled for s in steps] == [s.step == probe.step for s in steps] and any(s.profiled for s in steps)
+    assert all(s.seconds < 1.0 for s in steps), "a 1 s checkpoint save counted in no step's time"
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(tiny_llama, real_tokenizer, tmp_path):
