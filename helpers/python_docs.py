@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import re
+import sys
 import sysconfig
 import warnings
 from collections import Counter
@@ -332,6 +333,8 @@ class _StableRepr:
 def _stable_repr(value: Any) -> str:
     if isinstance(value, enum.Enum):  # before int: IntEnum members are ints
         return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, str) and (where := _machine_path(value)):
+        return where
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
         return repr(value)
     if isinstance(value, (tuple, list, set, frozenset, dict)):
@@ -347,6 +350,16 @@ def _stable_repr(value: Any) -> str:
             return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
         return "[" + ", ".join(parts) + "]"
     return ADDRESS.sub("", repr(value))
+
+
+def _machine_path(value: str) -> str | None:
+    """A default that is this interpreter's own path (platform.architecture's executable=sys.executable) named, not
+    printed: printed, the training data would depend on where the lab was cloned and its virtual environment made."""
+    for name in ("executable", "prefix", "exec_prefix", "base_prefix", "base_exec_prefix"):
+        path = getattr(sys, name, "")
+        if path and (value == path or value.startswith(path + os.sep)):
+            return f"sys.{name}" + (f" + {value[len(path):]!r}" if value != path else "")
+    return None
 
 
 def _is_literal(value: Any) -> bool:

@@ -146,3 +146,19 @@ def test_split_removes_train_rows_that_contain_or_are_contained_in_eval_text():
 def test_split_rejects_bad_fraction():
     with pytest.raises(ValueError):
         split_by_group([{"output": "x", "group": "g"}], eval_fraction=1.0, seed=0)
+
+
+def test_no_example_depends_on_where_the_lab_was_cloned(examples, monkeypatch):
+    """platform.architecture's default is sys.executable: printed, each clone (each .venv path) trained on other data."""
+    import json
+    import sys
+
+    from helpers import python_docs
+    text = json.dumps(examples)
+    assert sys.prefix not in text and sys.executable not in text
+    assert "platform.architecture(executable=sys.executable," in text
+    monkeypatch.setattr(sys, "executable", "/somewhere/else/.venv/bin/python")
+    monkeypatch.setattr(sys, "prefix", "/somewhere/else/.venv")
+    assert python_docs._stable_repr(sys.executable) == "sys.executable"
+    assert python_docs._stable_repr("/somewhere/else/.venv/lib") == "sys.prefix + '/lib'"
+    assert python_docs._stable_repr("/tmp") == "'/tmp'"

@@ -112,3 +112,14 @@ def test_a_run_that_ends_worse_is_flagged(lab):
     assert record["eval"]["perplexity_after"] > record["eval"]["perplexity_before"]
     assert record["status"]["worse_than_before"] is True and "made the model worse" in record["status"]["notes"][0]
     assert helpers.tables.flagged([record]) == [record] and helpers.tables.usable([record]) == []
+
+
+def test_a_seed_change_leaves_the_held_out_set_identical(lab, tmp_path):
+    """Training seeds change adapter init, data order and dropout, never which examples are trained on or scored."""
+    other = helpers.Lab("smoke", results=tmp_path, seeds=[7, 8])
+    assert other.seeds == (7, 8) and lab.seeds != other.seeds
+    assert other.data.eval["input_ids"] == lab.data.eval["input_ids"]
+    assert other.data.eval["labels"] == lab.data.eval["labels"]
+    assert sorted(map(tuple, other.data.train["input_ids"])) == sorted(map(tuple, lab.data.train["input_ids"]))
+    assert other.data.fingerprint == lab.data.fingerprint
+    assert other.fingerprint(helpers.lora(8), 7) != lab.fingerprint(helpers.lora(8), 42), "but the run is another run"

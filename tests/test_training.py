@@ -340,3 +340,14 @@ def test_qlora_gradients_survive_the_before_evaluation(tmp_path):
         model, config = _tiny_qlora(tmp_path)
         broken = _first_layer_grad(model, config, evaluate_first=True)
         assert not torch.allclose(broken, reference, atol=1e-4)
+
+
+def test_training_imports_no_plotting_or_widgets():
+    """A headless run (make lab's kernels, torchrun workers) never pays for matplotlib or ipywidgets."""
+    import subprocess
+    import sys
+    code = ("import sys, helpers, helpers.training, helpers.runs, helpers.results; "
+            "print(sorted(m for m in ('matplotlib', 'ipywidgets', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert "matplotlib" not in out and "ipywidgets" not in out, out
