@@ -25,11 +25,11 @@ $(STAMP): requirements.txt pyproject.toml
 lab: setup
 	LAB_PROFILE=$${LAB_PROFILE:-cpu} $(BIN)/python -m helpers.execute notebooks/*.ipynb
 
+# make test: one worker per core (at most 4), one thread each: a smoke run is mostly single-threaded Python, so two
+# workers finish in a little over half the time, while 2 threads each would oversubscribe the cores. conftest.py keeps
+# each test file, and the five notebooks in order, on one worker.
 test: setup
 	rm -rf results/smoke-test && mkdir -p results/smoke-test
-	# One worker per core (at most 4), one thread each: a smoke run is mostly single-threaded Python, so two workers
-	# finish in a little over half the time, while 2 threads each would oversubscribe the cores. conftest.py keeps each
-	# test file, and the five notebooks in order, on one worker.
 	OMP_NUM_THREADS=1 LAB_PROFILE=smoke LAB_RESULTS_DIR=$(CURDIR)/results/smoke-test \
 	  $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --nbmake notebooks tests
 

@@ -38,6 +38,9 @@ MODULES = (
 
 # C or platform modules whose objects a listed module re-exports as its own (os.listdir comes from posix).
 IMPLEMENTATION_MODULES = {"os": {"posix", "nt"}, "os.path": {"genericpath"}}
+# Jupyter kernels replace builtins.input with their own: its example would exist in `make sweep` and the tests but not
+# in the notebooks, and the two would train on different samples. Left out everywhere.
+REPLACED_BY_KERNELS = {("builtins", "input")}
 
 TOPIC_TEMPLATES = (
     "Explain {title} in Python.",
@@ -268,7 +271,7 @@ def _public_members(module: Any, owners: set[str]) -> list[tuple[str, Any]]:
     binds it under an alias (array.ArrayType is array.array), else under its first name."""
     chosen: dict[int, tuple[str, Any]] = {}
     for attr, obj in sorted(vars(module).items()):
-        if attr.startswith("_") or not _defined_in(obj, owners):
+        if attr.startswith("_") or not _defined_in(obj, owners) or (module.__name__, attr) in REPLACED_BY_KERNELS:
             continue
         if id(obj) not in chosen or attr == getattr(obj, "__name__", None):
             chosen[id(obj)] = (attr, obj)

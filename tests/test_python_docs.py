@@ -162,3 +162,14 @@ def test_no_example_depends_on_where_the_lab_was_cloned(examples, monkeypatch):
     assert python_docs._stable_repr(sys.executable) == "sys.executable"
     assert python_docs._stable_repr("/somewhere/else/.venv/lib") == "sys.prefix + '/lib'"
     assert python_docs._stable_repr("/tmp") == "'/tmp'"
+
+
+def test_the_same_examples_inside_a_jupyter_kernel(examples, monkeypatch):
+    """A kernel replaces builtins.input: the notebooks (kernels) and make sweep / the tests (plain processes) must still
+    train on the same sample, so the example set may not depend on it."""
+    import builtins
+    import json
+
+    from helpers import python_docs
+    monkeypatch.setattr(builtins, "input", lambda prompt="": "")  # what ipykernel does, in spirit
+    assert json.dumps(python_docs.build_examples()) == json.dumps(examples)
