@@ -53,16 +53,3 @@ def pytest_xdist_make_scheduler(config, log):
             return "notebooks" if path.endswith(".ipynb") else path
 
     return ByFile(config, log)
-
-
-# The slowest files first (seconds on the 2-core CI machine): under `make test` each file is one unit of work for a
-# worker, so starting the long ones early keeps the two workers busy until the end instead of leaving one idle.
-SLOW_FIRST = ("notebooks", "test_runs", "test_adapters", "test_distributed", "test_colab", "test_hub", "test_sweep",
-              "test_compare", "test_memory", "test_training")
-
-
-def pytest_collection_modifyitems(config, items):
-    def weight(item) -> int:
-        name = "notebooks" if item.path.suffix == ".ipynb" else item.path.stem
-        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
-    items.sort(key=weight)  # stable: the notebooks keep their 00 -> 04 order, tests their file order
