@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,25 @@ def compute_context(device: str, precision: Precision):
     if precision.name == "fp32":
         return nullcontext()
     return torch.autocast(device_type=device, dtype=precision.dtype)
+
+
+@contextmanager
+def cached_weight_casts(model: torch.nn.Module):
+    """Cast each weight to the autocast dtype once for the whole block, not once per forward pass.
+
+    autocast caches its low-precision copy of a weight only for leaves that require grad (and never in inference
+    mode), so frozen weights (a LoRA base, every weight during evaluation of a full run's frozen copy) would be cast
+    again for every packed row and every generated token: a quarter of evaluation's time and a third of
+    generation's. The flags are restored on exit; the cast values are the ones autocast makes anyway.
+    """
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -64,7 +83,7 @@ def _target_log_probs(model: torch.nn.Module, input_ids: torch.Tensor, position_
     return out, keep
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: autocast's weight cache is off there
 def per_example_nll(model: torch.nn.Module, dataset: Dataset, precision: Precision, max_tokens: int = 2048,
                     pad_id: int = 0) -> list[tuple[float, int]]:
     """(summed NLL, predicted tokens) of every example, in dataset order.
@@ -80,16 +99,17 @@ def per_example_nll(model: torch.nn.Module, dataset: Dataset, precision: Precisi
     collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)
     found: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     try:
-        for pack in token_batches([len(e["input_ids"]) for e in examples], max_tokens):
-            batch = collate([{"input_ids": examples[i]["input_ids"], "labels": examples[i]["labels"]} for i in pack])
-            with compute_context(device.type, precision):
+        with cached_weight_casts(model), compute_context(device.type, precision):
+            for pack in token_batches([len(e["input_ids"]) for e in examples], max_tokens):
+                batch = collate([{"input_ids": examples[i]["input_ids"], "labels": examples[i]["labels"]}
+                                 for i in pack])
                 log_probs, keep = _target_log_probs(model, batch["input_ids"].to(device),
                                                     batch["position_ids"].to(device), batch["labels"].to(device))
-            log_probs, keep = log_probs.cpu(), keep.cpu()
-            bounds = batch["cu_seq_lens_q"].tolist()
-            for k, i in enumerate(pack):  # position t of log_probs predicts token t + 1 of the packed row
-                lo, hi = max(0, bounds[k] - 1), bounds[k + 1] - 1
-                found[i] = (-float(log_probs[lo:hi].sum()), int(keep[lo:hi].sum()))
+                log_probs, keep = log_probs.cpu(), keep.cpu()
+                bounds = batch["cu_seq_lens_q"].tolist()
+                for k, i in enumerate(pack):  # position t of log_probs predicts token t + 1 of the packed row
+                    lo, hi = max(0, bounds[k] - 1), bounds[k + 1] - 1
+                    found[i] = (-float(log_probs[lo:hi].sum()), int(keep[lo:hi].sum()))
     finally:
         model.train(was_training)
     return found
@@ -129,7 +149,7 @@ def generate(model: torch.nn.Module, tokenizer, prompt_ids: list[list[int]], max
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
     try:
-        with compute_context(device.type, precision):
+        with cached_weight_casts(model), compute_context(device.type, precision):
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
     finally:

@@ -147,13 +147,40 @@ def bnb_config(quant_type: str, double_quant: bool, compute_dtype: torch.dtype) 
                               bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
 
 
+def quantized_copy_dir(preset_name: str, quantization: BitsAndBytesConfig) -> Path:
+    """Where the 4-bit weights of a bundled preset are kept once quantized on a CPU, by quantization settings and the
+    versions that decide the bytes."""
+    import bitsandbytes
+    import transformers
+
+    q = quantization
+    dtype = str(q.bnb_4bit_compute_dtype).removeprefix("torch.")
+    return cache_dir() / (f"{preset_name}-{q.bnb_4bit_quant_type}-dq{int(q.bnb_4bit_use_double_quant)}-{dtype}-"
+                          f"bnb{bitsandbytes.__version__}-transformers{transformers.__version__}")
+
+
+def _load_4bit_on_cpu(preset_name: str, quantization: BitsAndBytesConfig) -> PreTrainedModel:
+    """bitsandbytes quantizes on a CPU with a pure-PyTorch kernel (about 4 s for this model) and a QLoRA notebook
+    loads the 4-bit base four times, so the quantized weights are saved once and read back (the same bytes: tested)."""
+    target = quantized_copy_dir(preset_name, quantization)
+    kwargs = {"dtype": torch.float32, "device_map": {"": "cpu"}}
+    if (target / "model.safetensors").exists():
+        return AutoModelForCausalLM.from_pretrained(str(target), **kwargs)
+    model = _load(AutoModelForCausalLM.from_pretrained, preset_name, quantization_config=quantization, **kwargs)
+    write_directory_atomically(target, model.save_pretrained, keep_existing=True)
+    return model
+
+
 def load_model(preset_name: str, device: str, quantization: BitsAndBytesConfig | None = None) -> PreTrainedModel:
     """fp32 weights (trainable weights stay fp32 under fp16/bf16 autocast), or a 4-bit base when quantized."""
     kwargs: dict = {"dtype": torch.float32}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
-    model = _load(AutoModelForCausalLM.from_pretrained, preset_name, **kwargs)
+    if quantization is not None and device == "cpu" and get_preset(preset_name).source == "bundled":
+        model = _load_4bit_on_cpu(preset_name, quantization)
+    else:
+        model = _load(AutoModelForCausalLM.from_pretrained, preset_name, **kwargs)
     if quantization is None:
         model.to(device)
     else:

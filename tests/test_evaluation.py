@@ -2,6 +2,7 @@
 
 import math
 import random
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -166,3 +167,29 @@ def test_token_batches_respect_the_budget_and_keep_every_example():
     packs = token_batches(lengths, 32)
     assert sorted(i for p in packs for i in p) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in p) <= 32 or len(p) == 1 for p in packs)
+
+
+def test_frozen_weights_are_cast_once_per_evaluation_with_the_same_result(tiny_llama, monkeypatch):
+    """autocast re-casts a frozen weight for every packed row unless cached_weight_casts marks it; the cached cast
+    must give the very same numbers, and leave the weights frozen."""
+    import helpers.evaluation as evaluation
+    from torch.profiler import ProfilerActivity, profile
+
+    bf16 = choose_precision("cpu", native_bf16=True)
+    for param in tiny_llama.parameters():
+        param.requires_grad_(False)
+    data = Dataset.from_list(make_examples(LENGTHS))
+
+    def run():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            got = per_example_nll(tiny_llama, data, bf16, max_tokens=1, pad_id=PAD)  # one example per pack
+        casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+        return got, casts
+
+    cached, cached_casts = run()
+    monkeypatch.setattr(evaluation, "cached_weight_casts", lambda model: nullcontext())
+    uncached, uncached_casts = run()
+    assert cached == uncached
+    weights = sum(1 for p in tiny_llama.parameters() if p.dim() == 2)
+    assert uncached_casts - cached_casts >= weights * (len(LENGTHS) - 1) - len(LENGTHS)  # cast per pack vs once
+    assert not any(p.requires_grad for p in tiny_llama.parameters())

@@ -351,3 +351,31 @@ def test_training_imports_no_plotting_or_widgets():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout
     assert "matplotlib" not in out and "ipywidgets" not in out, out
+
+
+def test_4bit_base_is_quantized_once_and_read_back_unchanged(tmp_path, monkeypatch):
+    """On a CPU the bundled model's 4-bit weights are saved after the first quantization; the copy read back must
+    hold the same bytes and give the same logits as quantizing again."""
+    from helpers import models
+
+    source = models.bundled_weights_dir()  # the converted fp32 weights, from the usual cache
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "bundled_weights_dir", lambda: source)
+    config = models.bnb_config("nf4", True, torch.bfloat16)
+    fresh = models.load_model("smollm2-135m-bundled", "cpu", config)
+    saved = models.quantized_copy_dir("smollm2-135m-bundled", config)
+    assert (saved / "model.safetensors").is_file()
+    calls = []
+    monkeypatch.setattr(models, "_load", lambda *a, **k: calls.append(a) or pytest.fail("quantized again"))
+    cached = models.load_model("smollm2-135m-bundled", "cpu", config)
+    assert not calls
+    a, b = fresh.state_dict(), cached.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert type(cached.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+    assert cached.model.layers[0].mlp.down_proj.compute_dtype == torch.bfloat16
+    assert cached.model.layers[0].mlp.down_proj.support_avx512bf16_for_cpu is False  # still trainable
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fresh.eval()(input_ids=ids).logits, cached.eval()(input_ids=ids).logits)
+    other = models.quantized_copy_dir("smollm2-135m-bundled", models.bnb_config("fp4", True, torch.bfloat16))
+    assert other != saved  # other settings, other bytes
