@@ -8,6 +8,9 @@ UV := $(BIN)/uv pip install -q --python $(BIN)/python
 TORCH := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
+# uv installs no bytecode (pip compiled all of it, ~30 s): Python writes it on first import instead, only for the modules
+# used. Where PYTHONDONTWRITEBYTECODE is set, every kernel and test process would compile transformers again (3-4 s each).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup lab test bench sweep gpu-check clean
 
