@@ -115,9 +115,10 @@ class Lab:
         return perplexity(model, self.forgetting_set, self.env.precision, self.profile.eval_batch_tokens,
                           self.tokenizer.pad_token_id)
 
-    def generate(self, model: torch.nn.Module, prompts: int | None = None) -> list[str]:
-        """Greedy answers to the profile's fixed prompts (prompts=N: the first N only)."""
-        return generate(model, self.tokenizer, self.data.prompt_ids[:prompts], self.profile.generation_tokens,
+    def generate(self, model: torch.nn.Module, prompts: int | None = None, tokens: int | None = None) -> list[str]:
+        """Greedy answers to the profile's fixed prompts (prompts=N: the first N only; tokens=N: at most N new tokens
+        instead of the profile's generation_tokens)."""
+        return generate(model, self.tokenizer, self.data.prompt_ids[:prompts], tokens or self.profile.generation_tokens,
                         self.env.precision)
 
     def tokens_per_step(self) -> int:
