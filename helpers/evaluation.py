@@ -26,9 +26,9 @@ def cached_weight_casts(model: torch.nn.Module):
     """Cast each weight to the autocast dtype once for the whole block, not once per forward pass.
 
     autocast caches its low-precision copy of a weight only for leaves that require grad (and never in inference
-    mode), so frozen weights (a LoRA base, every weight during evaluation of a full run's frozen copy) would be cast
-    again for every packed row and every generated token: a quarter of evaluation's time and a third of
-    generation's. The flags are restored on exit; the cast values are the ones autocast makes anyway.
+    mode), so frozen weights (the base under a LoRA adapter, the norms of a 4-bit base) would be cast again for every
+    packed row and every generated token: a quarter of evaluation's time and half of generation's. The flags are
+    restored on exit; the cast values are the ones autocast makes anyway.
     """
     frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     for param in frozen:
