@@ -159,14 +159,15 @@ def quantized_copy_dir(preset_name: str, quantization: BitsAndBytesConfig) -> Pa
                           f"bnb{bitsandbytes.__version__}-transformers{transformers.__version__}")
 
 
-def _load_4bit_on_cpu(preset_name: str, quantization: BitsAndBytesConfig) -> PreTrainedModel:
+def _load_4bit_on_cpu(preset_name: str, **kwargs) -> PreTrainedModel:
     """bitsandbytes quantizes on a CPU with a pure-PyTorch kernel (about 4 s for this model) and a QLoRA notebook
-    loads the 4-bit base four times, so the quantized weights are saved once and read back (the same bytes: tested)."""
-    target = quantized_copy_dir(preset_name, quantization)
-    kwargs = {"dtype": torch.float32, "device_map": {"": "cpu"}}
+    loads the 4-bit base four times, so the quantized weights are saved once and read back (the same bytes: tested).
+    The saved copy carries its quantization config, so it is read without one."""
+    target = quantized_copy_dir(preset_name, kwargs["quantization_config"])
     if (target / "model.safetensors").exists():
-        return AutoModelForCausalLM.from_pretrained(str(target), **kwargs)
-    model = _load(AutoModelForCausalLM.from_pretrained, preset_name, quantization_config=quantization, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(str(target), **{k: v for k, v in kwargs.items()
+                                                                    if k != "quantization_config"})
+    model = _load(AutoModelForCausalLM.from_pretrained, preset_name, **kwargs)
     write_directory_atomically(target, model.save_pretrained, keep_existing=True)
     return model
 
@@ -178,7 +179,7 @@ def load_model(preset_name: str, device: str, quantization: BitsAndBytesConfig |
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
     if quantization is not None and device == "cpu" and get_preset(preset_name).source == "bundled":
-        model = _load_4bit_on_cpu(preset_name, quantization)
+        model = _load_4bit_on_cpu(preset_name, **kwargs)
     else:
         model = _load(AutoModelForCausalLM.from_pretrained, preset_name, **kwargs)
     if quantization is None:
