@@ -9,6 +9,8 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,18 +183,52 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
+def _glibc():
+    """The C library's malloc controls, or None where they do not exist (not Linux, or not glibc)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+
+
 def return_freed_memory_to_os() -> None:
     """Make freed tensors leave the process, so RSS measured for one run is not another run's leftovers.
 
     glibc raises its mmap threshold after large frees and then keeps freed blocks in the heap; a fixed
     threshold keeps big tensors mmapped (returned to the OS on free), and malloc_trim hands back the rest.
     """
-    if sys.platform != "linux":
+    libc = _glibc()
+    if libc is None:
         return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 1 << 20)
+    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
     libc.malloc_trim(0)
+
+
+@contextmanager
+def heap_reuse() -> Iterator[None]:
+    """Inside: freed host memory stays in the process for the next allocation; on exit it is handed back.
+
+    For work whose memory nobody measures (evaluation). Outside it, every tensor over 1 MiB is a fresh mmap that the
+    kernel zeroes page by page (return_freed_memory_to_os, which keeps the CPU's RSS an honest memory figure): on this
+    2-core CPU, 17 of evaluation's 26 s were system time, and the held-out evaluation took 26.3 s there against 20.6 s
+    here (three runs each, identical perplexities). Training stays outside, so its RSS peak counts live tensors, not
+    a heap's high-water mark: inside, LoRA r8 trained 7% faster over three seeds in one process, but its RSS peak
+    read 2.5, 2.7 and 3.4 GB (growing with each run before it) against 2.2-2.3 GB.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)  # every allocation from the heap, where a freed block is reused as it is
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # and not given back after each free
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, 65536)  # glibc's defaults
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+        return_freed_memory_to_os()

@@ -11,7 +11,7 @@ from datasets import Dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .data import IGNORE_INDEX
-from .environment import Precision
+from .environment import Precision, heap_reuse
 
 
 def compute_context(device: str, precision: Precision):
@@ -99,7 +99,7 @@ def per_example_nll(model: torch.nn.Module, dataset: Dataset, precision: Precisi
     collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)
     found: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     try:
-        with cached_weight_casts(model), compute_context(device.type, precision):
+        with heap_reuse(), cached_weight_casts(model), compute_context(device.type, precision):
             for pack in token_batches([len(e["input_ids"]) for e in examples], max_tokens):
                 batch = collate([{"input_ids": examples[i]["input_ids"], "labels": examples[i]["labels"]}
                                  for i in pack])

@@ -171,3 +171,26 @@ def test_seeds_choose_training_runs_not_data(monkeypatch):
     assert get_profile("smoke", seeds=2).seeds == (42, 1)
     assert get_profile("smoke", seeds=[5]).seeds == (5,)
     assert {get_profile("smoke", seeds=n).data_seed for n in (1, 3)} == {0}
+
+
+# ---------- host memory ----------
+
+
+@pytest.mark.skipif(environment._glibc() is None, reason="glibc's malloc controls only")
+def test_heap_reuse_keeps_freed_memory_inside_and_hands_it_back_on_exit():
+    import psutil
+
+    process, size = psutil.Process(), 256 * 2**20
+    environment.return_freed_memory_to_os()
+
+    def allocate_and_free() -> int:
+        block = torch.ones(size // 4)  # written, so every page is resident
+        del block
+        return process.memory_info().rss
+
+    start = process.memory_info().rss
+    assert allocate_and_free() - start < size // 4, "outside the block a freed tensor leaves the process"
+    with environment.heap_reuse():
+        assert allocate_and_free() - start > size // 2, "inside, a freed tensor stays for the next allocation"
+    assert process.memory_info().rss - start < size // 4, "on exit it is handed back"
+    assert allocate_and_free() - start < size // 4, "and tensors are mmapped and returned again afterwards"
