@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from .environment import cache_dir, hub_offline, write_directory_atomically
@@ -98,6 +99,14 @@ def bundled_weights_dir() -> Path:
     target = cache_dir() / "smollm2-135m-instruct-q4_1-dequantized"
     if (target / "model.safetensors").exists():
         return target
+    # Processes that start together on a new machine (make test's two workers) convert once: the others wait, then read.
+    with FileLock(f"{target}.lock"):
+        if not (target / "model.safetensors").exists():
+            _convert_bundled_gguf(target)
+    return target
+
+
+def _convert_bundled_gguf(target: Path) -> None:
     gguf = bundled_gguf_path()
     start = time.perf_counter()
     print(f"Converting the bundled GGUF once to safetensors in {target} (about 20 s)...")
@@ -109,7 +118,6 @@ def bundled_weights_dir() -> Path:
         del model.config.quantization_config
     write_directory_atomically(target, model.save_pretrained, tokenizer.save_pretrained, keep_existing=True)
     print(f"Converted in {time.perf_counter() - start:.0f} s.")
-    return target
 
 
 def source_path(preset_name: str) -> str:

@@ -353,6 +353,37 @@ def test_training_imports_no_plotting_or_widgets():
     assert "matplotlib" not in out and "ipywidgets" not in out, out
 
 
+def test_processes_starting_together_convert_the_bundled_model_once(tmp_path, monkeypatch):
+    """A process that finds the conversion under way (make test's other worker) waits for it and reads its result."""
+    import threading
+
+    from filelock import FileLock
+
+    from helpers import models
+
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    conversions = []
+
+    def convert(target: Path) -> None:
+        conversions.append(target)
+        target.mkdir()
+        (target / "model.safetensors").write_bytes(b"converted")
+
+    monkeypatch.setattr(models, "_convert_bundled_gguf", convert)
+    target = tmp_path / "smollm2-135m-instruct-q4_1-dequantized"
+    other = FileLock(f"{target}.lock")  # the other process, converting
+    other.acquire()
+    found = []
+    waiting = threading.Thread(target=lambda: found.append(models.bundled_weights_dir()))
+    waiting.start()
+    time.sleep(0.5)
+    assert waiting.is_alive() and not found and not conversions, "it waits while the other process converts"
+    convert(target)
+    other.release()
+    waiting.join(timeout=30)
+    assert found == [target] and conversions == [target], "then reads the other's result instead of converting again"
+
+
 def test_4bit_base_is_quantized_once_and_read_back_unchanged(tmp_path, monkeypatch):
     """On a CPU the bundled model's 4-bit weights are saved after the first quantization; the copy read back must
     hold the same bytes and give the same logits as quantizing again."""
