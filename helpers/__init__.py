@@ -15,7 +15,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # and every read warns. The lab sets activation_checkpointing itself (helpers.training), so these say nothing new.
 warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
-from .specs import STANDARD_RUNS, RunSpec, full, lora, paged, qlora  # noqa: E402
+from .specs import RunSpec, full, lora, paged, qlora  # noqa: E402
 
 SUBMODULES = ("adapters", "baseline", "bench", "colab", "data", "environment", "evaluation", "gpu_check", "manifests",
               "memory", "models", "plots", "profiles", "ratings", "results", "runs", "specs", "statistics", "tables",
@@ -23,8 +23,12 @@ SUBMODULES = ("adapters", "baseline", "bench", "colab", "data", "environment", "
 
 
 def __getattr__(name: str):
+    from . import specs
+
     if name in SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name == "STANDARD_RUNS":
+        return specs.standard_runs()
     if name == "Lab":
         from .runs import Lab
         return Lab

@@ -8,10 +8,10 @@ from the 4-bit base, which has its own file.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from .data import fingerprint
+from .specs import config_fields
 from .results import VERSION_KEYS, code_version, digest, write_json_atomic
 from .environment import package_versions
 
@@ -23,7 +23,7 @@ def key(lab, quantization) -> str:
     p = lab.profile
     versions = package_versions()
     forgetting = fingerprint(lab.forgetting_set) if lab.forgetting_set is not None else None
-    return digest(VERSION, p.model, None if quantization is None else asdict(quantization), lab.data.fingerprint,
+    return digest(VERSION, p.model, config_fields(quantization) or None, lab.data.fingerprint,
                    forgetting, p.eval_batch_tokens, p.generation_tokens, lab.data.instructions, lab.env.precision.name,
                    lab.env.device_name, {k: versions.get(k) for k in VERSION_KEYS}, code_version())
 
@@ -50,7 +50,7 @@ def get(lab, quantization=None) -> dict:
     from .runs import release
 
     model = lab.base_model(quantization)
-    numbers = {"version": VERSION, "quantization": None if quantization is None else asdict(quantization),
+    numbers = {"version": VERSION, "quantization": config_fields(quantization) or None,
                **measure(lab, model)}
     del model
     release()

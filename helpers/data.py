@@ -505,6 +505,23 @@ def explain_labels(example: dict[str, list[int]], tokenizer) -> str:
             f"{tokenizer.decode(learned)}")
 
 
+def masked_view(batch: dict, tokenizer, row: int = 0) -> str:
+    """A collated training row as the loss sees it: every token the model reads, and below it the same text with the
+    tokens labelled -100 blanked out (░), so only what the model is trained to write is left."""
+    ids = [int(t) for t in batch["input_ids"][row]]
+    labels = [int(t) for t in batch["labels"][row]]
+    pieces = [tokenizer.decode([t]) for t in ids]
+    learned = "".join(p if l != IGNORE_INDEX else "".join(ch if ch == "\n" else "░" for ch in p)
+                      for p, l in zip(pieces, labels))
+    targets = [t for t, l in zip(ids, labels) if l != IGNORE_INDEX]
+    if not targets:
+        return "no target tokens: this example teaches nothing"
+    ends = "yes" if tokenizer.eos_token_id in targets[-2:] else "NO"  # a chat template may add a newline after it
+    return (f"--- input_ids: the {len(ids)} tokens the model reads ---\n{''.join(pieces)}\n"
+            f"--- labels: {len(targets)} targets; the {len(ids) - len(targets)} tokens labelled -100 are blanked ---\n"
+            f"{learned}\n--- the targets end with the end of turn {tokenizer.eos_token!r}: {ends} ---")
+
+
 __all__ = ["IGNORE_INDEX", "DataFileError", "LabData", "ManifestError", "chunk_text", "explain_labels", "fail",
-           "fingerprint", "load_manifest", "load_rows", "pad_batch", "prepare_data", "prepare_text", "read_data_file",
+           "fingerprint", "load_manifest", "load_rows", "masked_view", "pad_batch", "prepare_data", "prepare_text", "read_data_file",
            "render_instruction_prompt", "target_tokens", "to_example", "tokenize"]

@@ -391,7 +391,7 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
     # Weights: fp32 everywhere (load_model, prepare_model_for_kbit_training) except NF4 linear layers (not the head).
     quantized_values = sum(i * o for i, o in quantized)
     weights = 4 * (arch["params"] - quantized_values + lora_params) + arch["buffer_bytes"]
-    weights += sum(_nf4_bytes(i * o, spec.quantization.double_quant) for i, o in quantized)
+    weights += sum(_nf4_bytes(i * o, spec.quantization.bnb_4bit_use_double_quant) for i, o in quantized)
     trainable = arch["params"] if method == "full" else lora_params
     trainable_tensors = arch["tensors"] if method == "full" else 2 * len(adapted)
     gradients = 4 * trainable
@@ -406,7 +406,7 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
     q = heads * (getattr(config, "head_dim", None) or h // heads)
     autocast = precision in ("bf16", "fp16")  # fp16 autocast (T4) keeps the same byte counts as bf16
     compute = qlora_compute or precision
-    dropout = bool(spec.lora and spec.lora.dropout > 0)  # full fine-tuning has no adapter dropout
+    dropout = bool(spec.lora and spec.lora.lora_dropout > 0)  # full fine-tuning has no adapter dropout
     m = (4 if device == "cpu" else 1) if dropout else 0  # CPU dropout keeps an fp32 mask, CUDA's fused one a bool
     kind = "lora" if method != "full" else "full"
     if method == "qlora" and autocast and compute == "fp32":

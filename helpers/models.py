@@ -151,6 +151,7 @@ def load_tokenizer(preset_name: str):
 
 
 def bnb_config(quant_type: str, double_quant: bool, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """A 4-bit config from a results record's fields (a spec carries its own BitsAndBytesConfig)."""
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
 
@@ -225,3 +226,28 @@ def parameter_count(model: torch.nn.Module) -> tuple[int, int]:
         if param.requires_grad:
             trainable += n
     return trainable, total
+
+
+def linear_layer_names(model: torch.nn.Module) -> set[str]:
+    """The names LoRA can target: every 2-D weight's module name, less the embeddings."""
+    return {name.split(".")[-1] for name, module in model.named_modules()
+            if hasattr(module, "weight") and getattr(module.weight, "dim", lambda: 0)() == 2
+            and name.split(".")[-1] not in ("embed_tokens", "wte", "wpe")}
+
+
+def model_layer_names(preset_name: str) -> set[str]:
+    """linear_layer_names from the config alone: the model is built on the meta device, so no weight is loaded."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(load_config(preset_name))
+    return linear_layer_names(model)
+
+
+def expected_lora_parameters(model: torch.nn.Module, targets, r: int) -> int:
+    """r * (in + out) per adapted linear layer: A is r x in, B is out x r."""
+    total = 0
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in targets and hasattr(module, "weight") and module.weight.dim() == 2:
+            in_f = getattr(module, "in_features", None) or getattr(module, "nx", None)
+            out_f = getattr(module, "out_features", None) or getattr(module, "nf", None)
+            total += r * (in_f + out_f)
+    return total

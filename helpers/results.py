@@ -50,7 +50,7 @@ def config_fingerprint(spec, profile, seed: int, env, data_fingerprint: str, lay
     fingerprint is stale and is run again."""
     settings = {k: v for k, v in asdict(profile).items() if k not in ("seeds", "name")}
     versions = package_versions()
-    return digest(asdict(spec), settings, seed, data_fingerprint, env.precision.name, env.device_name,
+    return digest(spec.as_dict(), settings, seed, data_fingerprint, env.precision.name, env.device_name,
                   {k: versions.get(k) for k in VERSION_KEYS}, code_version(), SCHEMA_VERSION, list(layout))
 
 
@@ -145,11 +145,14 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
     """The results record of one (run, seed): every number the tables, plots and notes read."""
     trainable, total, expected = params
     versions = package_versions()
-    lora = None if spec.lora is None else {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
-                                           "target_modules": targets}
-    quant = None if spec.quantization is None else {
-        "bits": spec.quantization.bits, "quant_type": spec.quantization.quant_type,
-        "double_quant": spec.quantization.double_quant, "compute_dtype": str(env.precision.dtype).removeprefix("torch.")}
+    configs = spec.as_dict()  # the library configs the run trained with, as their constructors take them
+    lora = None if spec.lora is None else {"r": spec.lora.r, "alpha": spec.lora.lora_alpha,
+                                           "dropout": spec.lora.lora_dropout, "target_modules": targets,
+                                           "config": configs["lora"]}
+    q = spec.quantization
+    quant = None if q is None else {
+        "bits": 4, "quant_type": q.bnb_4bit_quant_type, "double_quant": q.bnb_4bit_use_double_quant,
+        "compute_dtype": str(q.bnb_4bit_compute_dtype).removeprefix("torch."), "config": configs["quantization"]}
     forgetting = None
     if forgetting_after is not None and before.get("forgetting") is not None:
         fb = before["forgetting"]

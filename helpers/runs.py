@@ -8,17 +8,17 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from trl import SFTConfig
 
 from . import baseline, memory, profiles, results, specs, tracking
 from .data import LabData, prepare_data, prepare_text
 from .environment import Environment, Parallel, detect, launched_parallel, results_dir, write_directory_atomically
 from .evaluation import generate, perplexity
 from .memory import MemoryMeter
-from .models import bnb_config, get_preset, load_config, load_model, load_tokenizer, parameter_count
+from .models import expected_lora_parameters, get_preset, load_config, load_model, load_tokenizer, parameter_count
 from .profiles import Profile, get_profile
 from .specs import RunSpec, check
-from .training import (build_base, complete_checkpoint, expected_lora_parameters, make_trainer, target_modules,
-                       train)
+from .training import LabTrainer, build_base, complete_checkpoint, make_trainer, sft_config, train
 
 
 def _now() -> str:
@@ -98,9 +98,9 @@ class Lab:
     # ---------------------------------------------------------------- measuring
 
     def base_model(self, quantization=None) -> torch.nn.Module:
-        """The untouched base model: full precision, or 4-bit when given a QuantSpec."""
-        config = None if quantization is None else bnb_config(quantization.quant_type, quantization.double_quant,
-                                                             self.env.precision.dtype)
+        """The untouched base model: full precision, or 4-bit when given a BitsAndBytesConfig (computing in this
+        device's precision)."""
+        config = None if quantization is None else specs.with_compute_dtype(quantization, self.env.precision.dtype)
         return load_model(self.profile.model, self.env.device, config)
 
     def evaluate(self, model: torch.nn.Module, examples: int | None = None) -> dict:
@@ -149,12 +149,40 @@ class Lab:
 
     def baseline(self, quantization=None) -> dict:
         """The base model's numbers before training, computed once per profile and read back afterwards."""
+        if quantization is not None:
+            quantization = specs.with_compute_dtype(quantization, self.env.precision.dtype)
         return baseline.get(self, quantization)
+
+    # ---------------------------------------------------------------- the library objects a run uses
+
+    def resolve(self, spec: RunSpec) -> RunSpec:
+        """The spec exactly as it trains here: the LoraConfig's target_modules filled in from the model preset, the
+        BitsAndBytesConfig's compute dtype from this device's precision (helpers.specs.resolve)."""
+        return specs.resolve(spec, self.profile.model, self.env.precision.dtype)
+
+    def sft_config(self, spec: RunSpec, seed: int | None = None) -> SFTConfig:
+        """The SFTConfig lab.run(spec) trains `seed` with (default: the profile's first seed)."""
+        seed = self.seeds[0] if seed is None else seed
+        return sft_config(self.resolve(spec), self.profile, self.env, seed, self.checkpoint_dir(spec.run_id, seed),
+                          self.report_to, self.parallel)
+
+    def trainer(self, spec: RunSpec, seed: int | None = None) -> LabTrainer:
+        """The configured SFTTrainer lab.run(spec) trains `seed` with (default: the profile's first seed): the base
+        model loaded (4-bit for QLoRA), wrapped by PEFT in the spec's LoraConfig, the SFTConfig, the tokenized
+        training set. Nothing is trained; lab.run builds this same trainer for each seed."""
+        check(spec)
+        spec = self.resolve(spec)
+        seed = self.seeds[0] if seed is None else seed
+        label = results.file_name(spec.run_id, seed).removesuffix(".json")
+        model = build_base(spec, self.profile, self.env)
+        return make_trainer(model, spec, self.profile, self.env, self.data.train, self.tokenizer, seed,
+                            self.checkpoint_dir(spec.run_id, seed), label, self.fingerprint(spec, seed),
+                            self.report_to, self.parallel)
 
     # ---------------------------------------------------------------- runs
 
     def fingerprint(self, spec: RunSpec, seed: int) -> str:
-        return results.config_fingerprint(spec, self.profile, seed, self.env, self.data.fingerprint,
+        return results.config_fingerprint(self.resolve(spec), self.profile, seed, self.env, self.data.fingerprint,
                                           (self.parallel.processes, self.parallel.accumulation, self.parallel.fsdp))
 
     def finished(self, spec: RunSpec, seed: int) -> dict | None:
@@ -216,7 +244,7 @@ class Lab:
     def run_seed(self, spec: RunSpec, seed: int, force: bool = False) -> dict | None:
         """Build, train, evaluate, save, record one (spec, seed). Skipped when a matching result exists. In a
         distributed run every process trains; the main process evaluates and writes (the others return None)."""
-        check(spec)
+        spec = self.resolve(spec)  # checks it too
         label = results.file_name(spec.run_id, seed).removesuffix(".json")
         if not force and (done := self.finished(spec, seed)) is not None:
             print(f"{label}: already done ({self.result_path(spec.run_id, seed)}), skipped. "
@@ -233,11 +261,9 @@ class Lab:
             before = self.baseline(spec.quantization)  # also checks the forgetting set before any training
         started = _now()
         meter = MemoryMeter(env.device)  # baseline before the model exists: its weights count
-        model = build_base(spec, profile, env)
         log_dir = self.results_dir / tracking.LOG_DIR
         with tracking.tracking_environment(self.report_to, log_dir, label):
-            trainer = make_trainer(model, spec, profile, env, data.train, self.tokenizer, seed, checkpoints, label,
-                                   fingerprint, self.report_to, self.parallel)
+            trainer = self.trainer(spec, seed)
             model = trainer.model
             probe = memory.StepMemoryProbe()
             trainer.probe = probe
@@ -259,11 +285,10 @@ class Lab:
         artifact_bytes = directory_bytes(write_directory_atomically(artifact_dir, model.save_pretrained))
         expected = trainable
         if spec.lora:
-            expected = expected_lora_parameters(model.get_base_model(), target_modules(spec, profile.model),
-                                                spec.lora.r)
+            expected = expected_lora_parameters(model.get_base_model(), spec.lora.target_modules, spec.lora.r)
         record = results.build_record(
             spec=spec, profile=profile, env=env, seed=seed, started_at=started, finished_at=_now(),
-            fingerprint=fingerprint, targets=target_modules(spec, profile.model) if spec.lora else None,
+            fingerprint=fingerprint, targets=list(spec.lora.target_modules) if spec.lora else None,
             data=data, params=(trainable, total, expected), outcome=outcome,
             memory=memory_block, parallel=self.parallel,
             before=before, after=after, forgetting_after=forgetting_after, generations_after=generations_after,

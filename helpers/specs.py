@@ -1,10 +1,19 @@
-"""Run specs: full fine-tuning, LoRA and QLoRA as data. A QLoRA spec is a LoRA spec plus one quantization line."""
+"""Run specs: full fine-tuning, LoRA and QLoRA as data that holds the libraries' own configs.
+
+A LoRA spec carries the `peft.LoraConfig` PEFT wraps the base with; a QLoRA spec is the same plus the
+`transformers.BitsAndBytesConfig` the base is loaded with (one line apart, as in torchtune). A student's own
+`LoraConfig` runs through the same path: `RunSpec("attn-r8", lora=LoraConfig(r=8, lora_alpha=16, ...))`.
+`resolve` fills what depends on the model and the device (target modules, compute dtype) into a copy: that copy is
+what trains, what a notebook prints and what the results record.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 LORA_ALPHA = 16  # fixed across ranks (see lora()); the learning rates in the profiles were swept with it
 LORA_DROPOUT = 0.0  # measured: dropout copies every adapted layer's input (time and memory) and 30-200 steps need no regulariser
@@ -13,6 +22,12 @@ METHODS = ("full", "lora", "qlora")
 QUANT_TYPES = ("nf4", "fp4")
 MAX_RANK = 1024
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The fields a notebook shows of each config, in this order, whatever their value; any other field is shown only where
+# it differs from the library's default. Bookkeeping PEFT writes while wrapping a model is never shown.
+SHOWN = {"LoraConfig": ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type"),
+         "BitsAndBytesConfig": ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")}
+BOOKKEEPING = {"peft_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version",
+               "quant_method", "_load_in_4bit", "_load_in_8bit"}
 
 
 class SpecError(ValueError):
@@ -25,36 +40,111 @@ def did_you_mean(value: object, choices) -> str:
     return suggest(value, choices)
 
 
-@dataclass(frozen=True)
-class LoraSpec:
-    r: int
-    alpha: float
-    dropout: float = LORA_DROPOUT
-    target_modules: tuple[str, ...] | None = None  # None: the model preset's attention + MLP projections
+# ---------------------------------------------------------------- showing a library config as a student types it
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON-able data: sets sorted (PEFT stores target_modules as a set), dtypes by name."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "value") and type(value).__module__.startswith(("peft", "transformers")):  # str enums
+        return value.value
+    if type(value).__name__ == "dtype":
+        return str(value).removeprefix("torch.")
+    return value
 
 
-@dataclass(frozen=True)
-class QuantSpec:
-    bits: int = 4
-    quant_type: str = "nf4"  # NormalFloat 4 (QLoRA's); "fp4" is the plain 4-bit float
-    double_quant: bool = True  # quantize the quantization constants too (~0.4 bits/parameter saved)
+def _defaults(kind: type) -> dict:
+    return kind().to_dict()
 
 
-@dataclass(frozen=True)
+def config_fields(config: Any) -> dict[str, Any]:
+    """The fields of a LoraConfig / BitsAndBytesConfig worth showing and recording: the lab's chosen ones always,
+    any other one where it differs from the library default (JSON-able values)."""
+    if config is None:
+        return {}
+    values, defaults = config.to_dict(), _defaults(type(config))
+    if isinstance(config, _bnb_class()):
+        values["bnb_4bit_compute_dtype"] = config.bnb_4bit_compute_dtype  # to_dict gives a str, show the torch dtype
+    shown = SHOWN.get(type(config).__name__, ())
+    out = {k: _plain(values[k]) for k in shown if k in values}
+    out.update({k: _plain(v) for k, v in values.items()
+                if k not in out and k not in BOOKKEEPING and _plain(v) != _plain(defaults.get(k))})
+    return out
+
+
+def show_config(config: Any) -> str:
+    """`LoraConfig(r=8, lora_alpha=16, ...)`: the constructor call that builds this config (copy it into your code)."""
+    def literal(key: str, value: Any) -> str:
+        if key == "bnb_4bit_compute_dtype":
+            return f"torch.{value}"
+        return repr(value)
+    fields = config_fields(config)
+    return f"{type(config).__name__}(" + ", ".join(f"{k}={literal(k, v)}" for k, v in fields.items()) + ")"
+
+
+def _bnb_class() -> type:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig
+
+
+def _lora_class() -> type:
+    from peft import LoraConfig
+
+    return LoraConfig
+
+
+# ---------------------------------------------------------------- the spec
+
+@dataclass(frozen=True, repr=False, eq=True)
 class RunSpec:
     run_id: str
-    method: str  # "full" | "lora" | "qlora"
+    lora: Any = None  # peft.LoraConfig, or None for full fine-tuning
+    quantization: Any = None  # transformers.BitsAndBytesConfig for a 4-bit base (QLoRA), else None
     learning_rate: float | None = None  # None: the profile's rate for this method (from the learning-rate sweep)
-    lora: LoraSpec | None = None
-    quantization: QuantSpec | None = None
     optimizer: str = "adamw_torch"  # the same for every standard run; a paged 8-bit optimizer is its own run id
+    resolved: bool = field(default=False, compare=False)  # set by resolve(): targets and compute dtype filled in
 
     def __post_init__(self) -> None:
         check(self)
 
+    @property
+    def method(self) -> str:
+        """full: every weight trains; lora: adapters on a full-precision base; qlora: adapters on a 4-bit base."""
+        return "full" if self.lora is None else "qlora" if self.quantization is not None else "lora"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: what the results record and the fingerprint hold."""
+        return {"run_id": self.run_id, "method": self.method, "learning_rate": self.learning_rate,
+                "optimizer": self.optimizer, "lora": config_fields(self.lora) or None,
+                "quantization": config_fields(self.quantization) or None}
+
+    def __hash__(self) -> int:
+        import json
+
+        return hash(json.dumps(self.as_dict(), sort_keys=True, default=str))
+
+    def __repr__(self) -> str:
+        parts = [repr(self.run_id)]
+        if self.lora is not None:
+            parts.append(f"lora={show_config(self.lora)}")
+        if self.quantization is not None:
+            parts.append(f"quantization={show_config(self.quantization)}")
+        if self.learning_rate is not None:
+            parts.append(f"learning_rate={self.learning_rate!r}")
+        if self.optimizer != "adamw_torch":
+            parts.append(f"optimizer={self.optimizer!r}")
+        return "RunSpec(" + ",\n        ".join(parts) + ")"
+
+    __str__ = __repr__
+
 
 def full() -> RunSpec:
-    return RunSpec("full", "full")
+    return RunSpec("full")
 
 
 def _rank_problem(r: object, label: str) -> tuple[str, str] | None:
@@ -82,12 +172,23 @@ def check_rank(r: object, label: str = "RANK") -> int:
     return r
 
 
+def lora_config(r: int, alpha: float | None = None, dropout: float | None = None):
+    """The lab's LoraConfig: alpha fixed across ranks (16). PEFT scales the update by lora_alpha / r, so a larger rank
+    starts with a smaller per-direction step, and the best learning rate barely depends on the rank (LoRA Without
+    Regret). target_modules=None: the model preset's attention + MLP projections (filled in by resolve)."""
+    return _lora_class()(r=r, lora_alpha=LORA_ALPHA if alpha is None else alpha,
+                         lora_dropout=LORA_DROPOUT if dropout is None else dropout, target_modules=None, bias="none",
+                         task_type="CAUSAL_LM")
+
+
+def nf4_config():
+    """QLoRA's 4-bit base: NF4 with double quantization; the compute dtype follows the device (filled in by resolve)."""
+    return _bnb_class()(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+
+
 def lora(r: int, alpha: float | None = None, dropout: float | None = None) -> RunSpec:
-    """LoRA with alpha fixed across ranks (16): PEFT scales the update by alpha / r, so a larger rank starts with a
-    smaller per-direction step, and the best learning rate barely depends on the rank (LoRA Without Regret)."""
     r = check_rank(r, "RANK")
-    return RunSpec(f"lora-r{r}", "lora", lora=LoraSpec(r, LORA_ALPHA if alpha is None else alpha,
-                                                       LORA_DROPOUT if dropout is None else dropout))
+    return RunSpec(f"lora-r{r}", lora=lora_config(r, alpha, dropout))
 
 
 def lora_runs(ranks: object) -> list[RunSpec]:
@@ -117,7 +218,7 @@ def lora_runs(ranks: object) -> list[RunSpec]:
 def qlora(r: int = 16) -> RunSpec:
     # QLoRA = LoRA on a 4-bit NF4 base: the same spec plus one quantization line.
     r = check_rank(r, "RANK")
-    return replace(lora(r), run_id="qlora" if r == 16 else f"qlora-r{r}", method="qlora", quantization=QuantSpec())
+    return replace(lora(r), run_id="qlora" if r == 16 else f"qlora-r{r}", quantization=nf4_config())
 
 
 def paged(spec: RunSpec) -> RunSpec:
@@ -131,6 +232,51 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_lora(where: str, config: Any) -> None:
+    if not isinstance(config, _lora_class()):
+        raise SpecError(f"{where}: lora={config!r} is not a peft.LoraConfig. Fix: lora=LoraConfig(r=8, lora_alpha=16) "
+                        "(from peft import LoraConfig), or helpers.lora(r)")
+    try:
+        check_rank(config.r, "r")
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+    alpha, dropout = config.lora_alpha, config.lora_dropout
+    if not _number(alpha) or alpha <= 0:
+        raise SpecError(f"{where}: lora_alpha={alpha!r} must be a positive number (the update is scaled by lora_alpha "
+                        f"/ r). Fix: lora_alpha={LORA_ALPHA} (the lab's value for every rank)")
+    if not _number(dropout) or not 0 <= dropout < 1:
+        raise SpecError(f"{where}: lora_dropout={dropout!r} must be at least 0 and below 1 (a fraction of inputs "
+                        "dropped). Fix: lora_dropout=0.0 (the lab's value) or e.g. 0.05")
+    targets = config.target_modules
+    if targets is not None and (isinstance(targets, str) or not isinstance(targets, (tuple, list, set, frozenset))
+                                or not targets or not all(isinstance(t, str) and t.strip() for t in targets)):
+        fix = (f"target_modules=[{targets!r}] (a list of layer names; PEFT would read one string as a regular "
+               "expression)" if isinstance(targets, str) else "e.g. target_modules=['q_proj', 'v_proj']")
+        raise SpecError(f"{where}: target_modules={targets!r} must be a non-empty list of layer names. Fix: {fix}, "
+                        "or None for the model preset's projections")
+    task = getattr(config.task_type, "value", config.task_type)
+    if task not in (None, "CAUSAL_LM"):
+        raise SpecError(f"{where}: task_type={task!r}: the lab trains causal language models. "
+                        "Fix: task_type='CAUSAL_LM' (or leave it out)")
+
+
+def _check_quantization(where: str, q: Any) -> None:
+    if not isinstance(q, _bnb_class()):
+        raise SpecError(f"{where}: quantization={q!r} is not a transformers.BitsAndBytesConfig. Fix: "
+                        "quantization=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4'), or helpers.qlora(r)")
+    if not q.load_in_4bit:
+        raise SpecError(f"{where}: load_in_4bit={q.load_in_4bit!r} (8-bit: {q.load_in_8bit!r}): only a 4-bit base is "
+                        "supported (QLoRA's NF4; 8-bit bitsandbytes layers are a different method). Fix: "
+                        "BitsAndBytesConfig(load_in_4bit=True, ...), or helpers.qlora(r)")
+    if q.bnb_4bit_quant_type not in QUANT_TYPES:
+        raise SpecError(f"{where}: bnb_4bit_quant_type={q.bnb_4bit_quant_type!r} is not a 4-bit type"
+                        f"{did_you_mean(q.bnb_4bit_quant_type, QUANT_TYPES)}. Fix: bnb_4bit_quant_type='nf4' (QLoRA's "
+                        "NormalFloat) or 'fp4'")
+    if not isinstance(q.bnb_4bit_use_double_quant, bool):
+        raise SpecError(f"{where}: bnb_4bit_use_double_quant={q.bnb_4bit_use_double_quant!r} must be True or False. "
+                        "Fix: bnb_4bit_use_double_quant=True")
+
+
 def check(spec: RunSpec) -> RunSpec:
     """Every setting a student can type wrong, refused before any model is loaded, with the fix."""
     if not isinstance(spec, RunSpec):
@@ -140,9 +286,6 @@ def check(spec: RunSpec) -> RunSpec:
         raise SpecError(f"run spec {spec.run_id!r}: run_id names the results file, so it must be letters, digits, "
                         "'.', '-' or '_' (no spaces or slashes). Fix: e.g. run_id=\"lora-r16-lr2e-4\"")
     where = f"run spec {spec.run_id!r}"
-    if spec.method not in METHODS:
-        raise SpecError(f"{where}: method {spec.method!r} is not a method{did_you_mean(spec.method, METHODS)}. "
-                        f"Fix: use one of {', '.join(METHODS)} (or helpers.full(), helpers.lora(r), helpers.qlora(r))")
     if spec.learning_rate is not None:
         lr = spec.learning_rate
         if not _number(lr) or not 0 < lr < 1:
@@ -152,48 +295,59 @@ def check(spec: RunSpec) -> RunSpec:
         raise SpecError(f"{where}: optimizer {spec.optimizer!r} is not supported"
                         f"{did_you_mean(spec.optimizer, OPTIMIZERS)}. Fix: use one of {', '.join(OPTIMIZERS)} "
                         "(helpers.paged(spec) for the paged 8-bit one)")
-    if spec.method == "full":
-        if spec.lora or spec.quantization:
-            raise SpecError(f"{where}: full fine-tuning trains every weight; it takes no LoRA or quantization settings. "
-                            "Fix: use helpers.lora(r) or helpers.qlora(r).")
-        return spec
-    if not isinstance(spec.lora, LoraSpec):
-        raise SpecError(f"{where}: method {spec.method!r} needs a LoRA spec. Fix: use helpers.lora(r) or helpers.qlora(r).")
-    r, alpha, dropout = spec.lora.r, spec.lora.alpha, spec.lora.dropout
-    try:
-        check_rank(r, "r")
-    except SpecError as err:
-        raise SpecError(f"{where}: {err}") from None
-    if not _number(alpha) or alpha <= 0:
-        raise SpecError(f"{where}: lora_alpha={alpha!r} must be a positive number (the update is scaled by alpha / r). "
-                        f"Fix: alpha={LORA_ALPHA} (the lab's value for every rank)")
-    if not _number(dropout) or not 0 <= dropout < 1:
-        raise SpecError(f"{where}: lora_dropout={dropout!r} must be at least 0 and below 1 (a fraction of inputs "
-                        "dropped). Fix: dropout=0.0 (the lab's value) or e.g. 0.05")
-    targets = spec.lora.target_modules
-    if targets is not None and (isinstance(targets, str) or not isinstance(targets, (tuple, list)) or not targets
-                                or not all(isinstance(t, str) and t.strip() for t in targets)):
-        fix = (f"target_modules=({targets!r},) (a tuple: note the comma)" if isinstance(targets, str)
-               else "e.g. target_modules=('q_proj', 'v_proj')")
-        raise SpecError(f"{where}: target_modules={targets!r} must be a non-empty tuple of layer names. Fix: {fix}, "
-                        "or None for the model preset's projections")
-    if spec.method == "qlora" and spec.quantization is None or spec.method == "lora" and spec.quantization is not None:
-        raise SpecError(f"{where}: method {spec.method!r} and quantization={spec.quantization!r} disagree. "
-                        "Fix: use helpers.qlora(r) for a 4-bit base, helpers.lora(r) for a full-precision one.")
+    if spec.lora is not None:
+        _check_lora(where, spec.lora)
     if spec.quantization is not None:
-        q = spec.quantization
-        if not isinstance(q, QuantSpec):
-            raise SpecError(f"{where}: quantization={q!r} is not a QuantSpec. Fix: use helpers.qlora(r)")
-        if q.bits != 4 or isinstance(q.bits, bool):
-            raise SpecError(f"{where}: bits={q.bits!r}: only 4-bit quantization is supported (QLoRA's NF4; 8-bit "
-                            "bitsandbytes layers are a different method). Fix: bits=4, or helpers.qlora(r)")
-        if q.quant_type not in QUANT_TYPES:
-            raise SpecError(f"{where}: quant_type={q.quant_type!r} is not a 4-bit type"
-                            f"{did_you_mean(q.quant_type, QUANT_TYPES)}. Fix: quant_type='nf4' (QLoRA's "
-                            "NormalFloat) or 'fp4'")
-        if not isinstance(q.double_quant, bool):
-            raise SpecError(f"{where}: double_quant={q.double_quant!r} must be True or False. Fix: double_quant=True")
+        if spec.lora is None:
+            raise SpecError(f"{where}: a 4-bit base cannot be fully fine-tuned (its weights are frozen integers). "
+                            "Fix: add lora=LoraConfig(...) (QLoRA: helpers.qlora(r)), or drop quantization for full "
+                            "fine-tuning.")
+        _check_quantization(where, spec.quantization)
     return spec
+
+
+def ordered_targets(targets, preset_targets) -> list[str]:
+    """Target names in the preset's order (q, k, v, o, gate, up, down), any others after them, sorted: PEFT keeps a set,
+    and a set's order changes between processes, which must not change a fingerprint or a record."""
+    names = set(targets)
+    return [t for t in preset_targets if t in names] + sorted(names - set(preset_targets))
+
+
+def resolve(spec: RunSpec, preset_name: str, compute_dtype) -> RunSpec:
+    """The spec exactly as it trains on this model and device, as a copy (the caller's configs are never changed):
+    target_modules None -> the preset's projections; GPT-2's Conv1D layers get fan_in_fan_out; task_type CAUSAL_LM;
+    a 4-bit base computes in the profile's precision, like every other method (helpers.environment)."""
+    check(spec)
+    if spec.resolved:
+        return spec
+    from .models import get_preset
+
+    preset = get_preset(preset_name)
+    lora_cfg = quant = None
+    if spec.lora is not None:
+        lora_cfg = copy.deepcopy(spec.lora)
+        lora_cfg.target_modules = ordered_targets(lora_cfg.target_modules or preset.lora_targets, preset.lora_targets)
+        lora_cfg.fan_in_fan_out = preset.conv1d
+        if lora_cfg.task_type is None:
+            lora_cfg.task_type = "CAUSAL_LM"
+    if spec.quantization is not None:
+        quant = with_compute_dtype(spec.quantization, compute_dtype, spec.run_id)
+    return replace(spec, lora=lora_cfg, quantization=quant, resolved=True)
+
+
+def with_compute_dtype(quantization: Any, compute_dtype, run_id: str = "the 4-bit base") -> Any:
+    """A copy of a BitsAndBytesConfig computing in `compute_dtype`. A dtype the student chose that differs from the
+    device's precision is refused: every method of a profile computes in one precision."""
+    import torch
+
+    chosen = quantization.bnb_4bit_compute_dtype
+    if chosen not in (torch.float32, compute_dtype):  # float32 is BitsAndBytesConfig's default: nothing was chosen
+        raise SpecError(f"run spec {run_id!r}: bnb_4bit_compute_dtype={chosen} but this device computes in "
+                        f"{compute_dtype}; every method of a profile uses one precision, so the comparison stays fair. "
+                        "Fix: leave bnb_4bit_compute_dtype out (the lab sets it from the device)")
+    quant = copy.deepcopy(quantization)
+    quant.bnb_4bit_compute_dtype = compute_dtype
+    return quant
 
 
 def check_targets(spec: RunSpec, targets: list[str], layer_names: set[str]) -> None:
@@ -206,36 +360,30 @@ def check_targets(spec: RunSpec, targets: list[str], layer_names: set[str]) -> N
                         "from those, or leave target_modules as None for the preset's projections.")
 
 
-def model_layer_names(preset_name: str) -> set[str]:
-    """The names of the model's linear layers (what LoRA can target), from its config alone: the model is built on
-    the meta device, so no weight is loaded or allocated."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from .models import load_config
-    from .training import linear_layer_names
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(load_config(preset_name))
-    return linear_layer_names(model)
-
-
 def check_targets_for_model(spec: RunSpec, preset_name: str) -> None:
     """check_targets before any weight is loaded (for the top of Lab.run): the layer names come from the config."""
     if spec.lora is None:
         return
-    from .models import get_preset
+    from .models import get_preset, model_layer_names
 
-    targets = list(spec.lora.target_modules or get_preset(preset_name).lora_targets)
+    preset = get_preset(preset_name)
+    targets = ordered_targets(spec.lora.target_modules or preset.lora_targets, preset.lora_targets)
     check_targets(spec, targets, model_layer_names(preset_name))
 
 
-STANDARD_RUNS: tuple[RunSpec, ...] = (full(), lora(8), lora(16), lora(32), qlora())
+def standard_runs() -> tuple[RunSpec, ...]:
+    return (full(), lora(8), lora(16), lora(32), qlora())
+
+
+def __getattr__(name: str):
+    if name == "STANDARD_RUNS":  # built on use: a LoraConfig imports peft, and `import helpers` must stay light
+        return standard_runs()
+    raise AttributeError(f"module 'helpers.specs' has no attribute {name!r}")
 
 
 def from_run_id(run_id: str) -> RunSpec:
     """The standard spec a run id names: full, lora-r<r>, qlora or qlora-r<r> (for command lines)."""
-    for spec in STANDARD_RUNS:
+    for spec in standard_runs():
         if spec.run_id == run_id:
             return spec
     for prefix, make in (("lora-r", lora), ("qlora-r", qlora)):

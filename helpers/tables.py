@@ -332,6 +332,18 @@ def prediction_frame(predictions: Mapping[str, Mapping[str, int]]) -> pd.DataFra
     return LabFrame(pd.DataFrame(rows)).set_index("run")
 
 
+def frame(rows: list[Mapping]) -> pd.DataFrame:
+    """Rows of plain values (a helper's list of dicts) shown like every other table of the lab."""
+    return LabFrame(pd.DataFrame(list(rows)))
+
+
+def settings_frame(args) -> pd.DataFrame:
+    """The SFTConfig fields the lab sets on purpose: the trainer's value, TRL's default and why (helpers.training)."""
+    from .training import explain_settings
+
+    return LabFrame(pd.DataFrame(explain_settings(args))).set_index("field")
+
+
 def bench_frame(bench: Mapping | None) -> pd.DataFrame:
     """`make bench`'s table: each pipeline's real tokens/s, the ratio to the naive peer, MFU and where a step's time
     goes; empty (with a hint) when no measurement exists."""

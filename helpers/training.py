@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, prepare_model_for_kbit_training
+from peft import prepare_model_for_kbit_training
 from transformers import PrinterCallback, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from .environment import Environment, Parallel
-from .models import bnb_config, get_preset, load_model
+from .models import expected_lora_parameters, get_preset, linear_layer_names, load_model  # noqa: F401 (re-exported)
 from .profiles import Profile
-from .specs import RunSpec, check_targets
+from .specs import RunSpec, check_targets, ordered_targets, resolve
 
 PROGRESS_ENV = "LAB_PROGRESS"  # set by helpers.execute: a file to append one progress line per logged step to
 
@@ -43,46 +43,47 @@ class DivergedError(RuntimeError):
 
 
 def target_modules(spec: RunSpec, preset_name: str) -> list[str]:
-    return list(spec.lora.target_modules or get_preset(preset_name).lora_targets)
+    """The layers LoRA adapts, in the preset's order: the spec's own, or the preset's projections when it names none."""
+    preset = get_preset(preset_name)
+    return ordered_targets(spec.lora.target_modules or preset.lora_targets, preset.lora_targets)
 
 
-def linear_layer_names(model: torch.nn.Module) -> set[str]:
-    return {name.split(".")[-1] for name, module in model.named_modules()
-            if hasattr(module, "weight") and getattr(module.weight, "dim", lambda: 0)() == 2
-            and name.split(".")[-1] not in ("embed_tokens", "wte", "wpe")}
-
-
-def expected_lora_parameters(model: torch.nn.Module, targets: list[str], r: int) -> int:
-    """r * (in + out) per adapted linear layer: A is r x in, B is out x r."""
-    total = 0
-    for name, module in model.named_modules():
-        if name.split(".")[-1] in targets and hasattr(module, "weight") and module.weight.dim() == 2:
-            in_f = getattr(module, "in_features", None) or getattr(module, "nx", None)
-            out_f = getattr(module, "out_features", None) or getattr(module, "nf", None)
-            total += r * (in_f + out_f)
-    return total
+def peft_config(spec: RunSpec, preset_name: str):
+    """The spec's LoraConfig as it trains on this model (None for full fine-tuning)."""
+    return None if spec.lora is None else resolve(spec, preset_name, torch.float32).lora
 
 
 def build_base(spec: RunSpec, profile: Profile, env: Environment) -> torch.nn.Module:
-    """The base model this spec trains on: full precision, or 4-bit NF4 for QLoRA (prepared for k-bit training)."""
-    quant = None
-    if spec.quantization:
-        quant = bnb_config(spec.quantization.quant_type, spec.quantization.double_quant, env.precision.dtype)
+    """The base model a resolved spec trains on: full precision, or loaded with the spec's BitsAndBytesConfig and
+    prepared for k-bit training (QLoRA)."""
+    spec = resolve(spec, profile.model, env.precision.dtype)
+    quant = spec.quantization
     model = load_model(profile.model, env.device, quant)
     if spec.lora:
         check_targets(spec, target_modules(spec, profile.model), linear_layer_names(model))
     if quant is not None:
-        # Casts norms and embeddings to fp32 for stable training; checkpointing stays off for every method alike.
+        # Freezes every base weight and casts 16-bit norms and embeddings to fp32 (the lab loads fp32, so there is
+        # nothing to cast); checkpointing stays off for every method alike. What it changed is kept for notebook 03.
+        before = parameter_states(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model.kbit_changes = kbit_changes(before, model)
     return model
 
 
-def peft_config(spec: RunSpec, preset_name: str) -> LoraConfig | None:
-    if spec.lora is None:
-        return None
-    return LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-                      target_modules=target_modules(spec, preset_name), bias="none", task_type="CAUSAL_LM",
-                      fan_in_fan_out=get_preset(preset_name).conv1d)
+def parameter_states(model: torch.nn.Module) -> dict[str, tuple[str, bool]]:
+    return {name: (str(p.dtype).removeprefix("torch."), p.requires_grad) for name, p in model.named_parameters()}
+
+
+def kbit_changes(before: dict[str, tuple[str, bool]], model: torch.nn.Module) -> list[dict]:
+    """What prepare_model_for_kbit_training changed: parameters grouped by (dtype, trainable) before -> after."""
+    groups: dict[tuple, list[str]] = {}
+    for name, after in parameter_states(model).items():
+        if before.get(name) != after:
+            groups.setdefault((before.get(name), after), []).append(name)
+    return [{"before": f"{b[0]}, {'trainable' if b[1] else 'frozen'}" if b else "absent",
+             "after": f"{a[0]}, {'trainable' if a[1] else 'frozen'}", "tensors": len(names),
+             "layers": ", ".join(sorted({n.split('.')[-2] if n.count('.') else n for n in names})[:6])}
+            for (b, a), names in groups.items()]
 
 
 def sft_settings(spec: RunSpec, profile: Profile, env: Environment, seed: int, output_dir: Path,
@@ -93,6 +94,7 @@ def sft_settings(spec: RunSpec, profile: Profile, env: Environment, seed: int, o
     batch_size / (K * A) examples per micro-batch, and the loss is normalised by the tokens of the whole step on every
     process (average_tokens_across_devices), so the update is the one a single process would make.
     """
+    spec = resolve(spec, profile.model, env.precision.dtype)
     distributed = {}
     if parallel.processes > 1:
         distributed = {"ddp_backend": "gloo" if env.device == "cpu" else None, "ddp_find_unused_parameters": False,
@@ -119,6 +121,47 @@ def sft_settings(spec: RunSpec, profile: Profile, env: Environment, seed: int, o
         eval_strategy="no", report_to=report_to,
         use_cpu=env.device == "cpu", dataloader_num_workers=0, disable_tqdm=bool(os.environ.get(PROGRESS_ENV)),
     )
+
+
+# Why each SFTConfig field is set (notebook 01 shows them beside TRL's default; a test checks every chosen field has one).
+REASONS = {
+    "max_steps": "the token budget: the same number of optimizer steps for every method",
+    "per_device_train_batch_size": "the same examples per step for every method (the profile's batch)",
+    "learning_rate": "per method, from the learning-rate sweep on a validation split (make sweep)",
+    "lr_scheduler_type": "linear decay after warm-up, the same for every method",
+    "warmup_steps": "a few steps of rising learning rate, so AdamW's statistics settle before full steps",
+    "max_grad_norm": "clip rare large gradients, the same for every method",
+    "weight_decay": "no decay: 30 steps need no regulariser, and LoRA and full would decay different weights",
+    "optim": "plain AdamW for every method, so the optimizer is never a hidden difference",
+    "seed": "the training seed: data order and the adapters' initial weights",
+    "data_seed": "the data order follows the training seed",
+    "bf16": "set explicitly: TRL turns bf16 on when neither is set, and a T4 has no bf16",
+    "fp16": "fp16 autocast with a loss scaler on a T4, off elsewhere",
+    "activation_checkpointing": "TRL turns it on by default; off for every method, so speed and memory compare",
+    "max_length": "None: examples longer than the profile's max_length were dropped, never cut (a cut loses the end of turn)",
+    "padding_free": "the step's examples packed into one row without padding: no compute on pad tokens",
+    "packing": "no: examples are not merged into fixed-length blocks, each keeps its own positions",
+    "completion_only_loss": "the loss is on the answer and its end-of-turn token only, not on the prompt",
+    "loss_type": "token-level NLL summed over the step's completion tokens / their count",
+    "logging_steps": "the loss curve's resolution",
+    "save_steps": "checkpoints to resume from after a disconnect",
+    "save_only_model": "no: a checkpoint keeps the optimizer state too, so a resumed run equals an uninterrupted one",
+    "eval_strategy": "no evaluation during training: the lab evaluates before and after, identically for every method",
+    "use_cpu": "train where the lab found no GPU",
+    "dataloader_num_workers": "the data is tokenized already: no worker processes to start",
+}
+
+
+def explain_settings(args: SFTConfig) -> list[dict]:
+    """The SFTConfig fields the lab sets on purpose: the value the trainer holds, TRL's default, and why."""
+    defaults = SFTConfig.__dataclass_fields__
+    rows = []
+    for name, reason in REASONS.items():
+        value = getattr(args, name)
+        default = defaults[name].default
+        rows.append({"field": name, "value": getattr(value, "value", value), "TRL default": getattr(default, "value", default),
+                     "why": reason})
+    return rows
 
 
 def sft_config(spec: RunSpec, profile: Profile, env: Environment, seed: int, output_dir: Path,
@@ -305,8 +348,9 @@ def make_trainer(model: torch.nn.Module, spec: RunSpec, profile: Profile, env: E
                  parallel: Parallel = Parallel()) -> LabTrainer:
     """The trainer for one (spec, seed): PEFT wraps the base inside SFTTrainer, after TRL seeds the RNG, so the
     adapter's initial weights depend on the seed alone."""
+    spec = resolve(spec, profile.model, env.precision.dtype)  # a no-op for Lab.trainer's already resolved spec
     trainer = LabTrainer(model=model, args=sft_config(spec, profile, env, seed, output_dir, report_to, parallel),
-                         train_dataset=train_set, peft_config=peft_config(spec, profile.model),
+                         train_dataset=train_set, peft_config=spec.lora,
                          processing_class=tokenizer, fingerprint=fingerprint)
     for param in trainer.model.parameters():  # undo TRL's bf16 cast of QLoRA adapters: trainable weights stay fp32
         if param.requires_grad and param.dtype != torch.float32:

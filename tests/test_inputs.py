@@ -22,7 +22,7 @@ from helpers.models import get_preset
 from helpers.profiles import PROFILES, ProfileError, check_flag, get_profile
 from helpers.tracking import check_report_to
 from helpers.profiles import check as check_profile
-from helpers.specs import LoraSpec, QuantSpec, SpecError, check, check_targets, lora_runs
+from helpers.specs import SpecError, check, check_targets, lora_config, lora_runs, nf4_config
 
 MESSAGE = re.compile(r"^\S.*?: .+\. Fix: \S.+", re.DOTALL)  # "<where>: <what is wrong>. Fix: <how>"
 
@@ -398,11 +398,22 @@ def corrupt(spec, obj_name, field, value):
 
 
 def lora_with(**changes):
-    return lambda: replace(helpers.lora(8), lora=replace(LoraSpec(8, 16, 0.0), **changes))
+    """helpers.lora(8) with its LoraConfig's fields changed after construction (as a student might edit one)."""
+    def make():
+        config = lora_config(8)
+        for key, value in changes.items():
+            setattr(config, key, value)
+        return replace(helpers.lora(8), lora=config)
+    return make
 
 
 def qlora_with(**changes):
-    return lambda: replace(helpers.qlora(), quantization=QuantSpec(**changes))
+    def make():
+        config = nf4_config()
+        for key, value in changes.items():
+            setattr(config, key, value)
+        return replace(helpers.qlora(), quantization=config)
+    return make
 
 
 SMOL_LAYERS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
@@ -421,30 +432,31 @@ SPEC_CASES = [
     Case("negative alpha", spec_case(lambda: helpers.lora(8, alpha=-16)), SpecError, ("'lora-r8'", "lora_alpha=-16")),
     Case("dropout 1.5", spec_case(lambda: helpers.lora(8, dropout=1.5)), SpecError, ("'lora-r8'", "lora_dropout=1.5")),
     Case("target_modules a string", spec_case(lora_with(target_modules="q_proj")), SpecError,
-         ("target_modules='q_proj'", "('q_proj',)")),
+         ("target_modules='q_proj'", "['q_proj']", "regular expression")),
     Case("target_modules empty", spec_case(lora_with(target_modules=())), SpecError, ("target_modules=()",)),
     Case("target modules the model lacks", lambda t, m: check_targets(lora_with(target_modules=("q_porj",))(),
                                                                       ["q_porj"], SMOL_LAYERS), SpecError,
          ("'lora-r8'", "'q_porj'", "did you mean 'q_proj'", "down_proj, gate_proj, k_proj")),
-    Case("quantization bits 8", spec_case(qlora_with(bits=8)), SpecError, ("'qlora'", "bits=8")),
-    Case("quant_type 'int4'", spec_case(qlora_with(quant_type="int4")), SpecError, ("'qlora'", "quant_type='int4'",
-                                                                                     "'nf4'")),
-    Case("quant_type 'NF4'", spec_case(qlora_with(quant_type="NF4")), SpecError, ("did you mean 'nf4'",)),
-    Case("double_quant 'yes'", spec_case(qlora_with(double_quant="yes")), SpecError, ("double_quant='yes'",)),
+    Case("8-bit quantization", spec_case(qlora_with(_load_in_4bit=False, _load_in_8bit=True)), SpecError,
+         ("'qlora'", "load_in_4bit=False", "only a 4-bit base")),
+    Case("quant_type 'int4'", spec_case(qlora_with(bnb_4bit_quant_type="int4")), SpecError,
+         ("'qlora'", "bnb_4bit_quant_type='int4'", "'nf4'")),
+    Case("quant_type 'NF4'", spec_case(qlora_with(bnb_4bit_quant_type="NF4")), SpecError, ("did you mean 'nf4'",)),
+    Case("double_quant 'yes'", spec_case(qlora_with(bnb_4bit_use_double_quant="yes")), SpecError,
+         ("bnb_4bit_use_double_quant='yes'",)),
+    Case("quantization without LoRA", spec_case(lambda: replace(helpers.full(), quantization=nf4_config())), SpecError,
+         ("'full'", "cannot be fully fine-tuned", "lora=LoraConfig")),
+    Case("lora not a LoraConfig", spec_case(lambda: replace(helpers.lora(8), lora={"r": 8})), SpecError,
+         ("lora={'r': 8}", "not a peft.LoraConfig")),
+    Case("task_type SEQ_CLS", spec_case(lora_with(task_type="SEQ_CLS")), SpecError, ("task_type='SEQ_CLS'",)),
     Case("learning_rate as text", spec_case(lambda: replace(helpers.lora(8), learning_rate="2e-4")), SpecError,
          ("learning_rate='2e-4'",)),
     Case("learning_rate 0", spec_case(lambda: replace(helpers.full(), learning_rate=0.0)), SpecError,
          ("'full'", "learning_rate=0.0")),
-    Case("method 'LoRA'", spec_case(lambda: replace(helpers.lora(8), method="LoRA")), SpecError,
-         ("method 'LoRA'", "did you mean 'lora'")),
     Case("run_id with a slash", spec_case(lambda: replace(helpers.lora(8), run_id="my run/1")), SpecError,
          ("'my run/1'",)),
     Case("optimizer misspelt", spec_case(lambda: replace(helpers.lora(8), optimizer="adamw")), SpecError,
          ("optimizer 'adamw'",)),
-    Case("qlora without quantization", spec_case(lambda: replace(helpers.qlora(), quantization=None)), SpecError,
-         ("'qlora'", "disagree")),
-    Case("full with LoRA settings", spec_case(lambda: replace(helpers.full(), lora=LoraSpec(8, 16))), SpecError,
-         ("'full'",)),
     Case("lab.run('lora') (a string)", lambda t, m: check("lora"), SpecError, ("lab.run('lora')",)),
 ]
 
@@ -555,8 +567,8 @@ LAB_CASES = [
          ("zero usable rows",)),
     Case("Lab: spec changed to rank 0", lab_run(lambda: corrupt(helpers.lora(8), "lora", "r", 0)), SpecError,
          ("'lora-r8'", "r = 0")),
-    Case("Lab: spec changed to bits 8", lab_run(lambda: corrupt(helpers.qlora(), "quantization", "bits", 8)),
-         SpecError, ("'qlora'", "bits=8")),
+    Case("Lab: spec changed to NF5", lab_run(lambda: corrupt(helpers.qlora(), "quantization", "bnb_4bit_quant_type",
+                                                             "nf5")), SpecError, ("'qlora'", "bnb_4bit_quant_type='nf5'")),
     Case("Lab: lab.run('lora')", lab_run(lambda: "lora"), SpecError, ("lab.run('lora')",)),
     Case("Lab: target modules the model lacks", lab_run(lora_with(target_modules=("q_porj",))), SpecError,
          ("'q_porj'", "q_proj")),

@@ -107,7 +107,7 @@ def test_a_diverged_run_writes_nothing(lab, monkeypatch):
 
 
 def test_a_run_that_ends_worse_is_flagged(lab):
-    absurd = helpers.specs.RunSpec("lora-r8-hot", "lora", learning_rate=0.5, lora=helpers.specs.LoraSpec(8, 16))
+    absurd = helpers.specs.RunSpec("lora-r8-hot", lora=helpers.specs.lora_config(8), learning_rate=0.5)
     record = lab.run_seed(absurd, 42)
     assert record["eval"]["perplexity_after"] > record["eval"]["perplexity_before"]
     assert record["status"]["worse_than_before"] is True and "made the model worse" in record["status"]["notes"][0]

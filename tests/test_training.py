@@ -17,7 +17,8 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from helpers import data, training
 from helpers.environment import Environment, choose_precision
 from helpers.profiles import get_profile
-from helpers.specs import LORA_ALPHA, STANDARD_RUNS, LoraSpec, QuantSpec, full, lora, qlora
+from helpers import specs
+from helpers.specs import LORA_ALPHA, STANDARD_RUNS, full, lora, qlora
 from helpers.training import StepRecord, _rate, expected_lora_parameters, make_trainer, sft_settings, train
 
 # Three examples of different lengths; prompts masked with -100, the last token (2) is EOS.
@@ -189,7 +190,7 @@ def test_qlora_trainable_weights_stay_fp32(precision, tmp_path, real_tokenizer, 
     bare = SFTTrainer(model=_tiny_4bit(tmp_path / "again", lab_env.precision.dtype),
                       args=training.sft_config(qlora(), profile, cpu_flags, 1, tmp_path / "bare"),
                       train_dataset=Dataset.from_list(EXAMPLES), processing_class=real_tokenizer,
-                      peft_config=training.peft_config(qlora(), profile.model))
+                      peft_config=specs.resolve(qlora(), profile.model, cpu_flags.precision.dtype).lora)
     assert {p.dtype for p in bare.model.parameters() if p.requires_grad} == {torch.bfloat16}
 
 
@@ -252,18 +253,59 @@ def test_nan_loss_stops_the_run_with_a_clear_message(tiny_llama, real_tokenizer,
 # ---------------------------------------------------------------- run specs
 
 def test_qlora_is_lora16_plus_quantization():
-    q, l16 = dataclasses.asdict(qlora()), dataclasses.asdict(lora(16))
+    q, l16 = qlora().as_dict(), lora(16).as_dict()
     assert {key for key in q if q[key] != l16[key]} == {"run_id", "method", "quantization"}
     assert (q["run_id"], q["method"]) == ("qlora", "qlora")
-    assert q["quantization"] == dataclasses.asdict(QuantSpec(bits=4, quant_type="nf4", double_quant=True))
-    assert q["lora"] == l16["lora"] == dataclasses.asdict(LoraSpec(16, LORA_ALPHA, 0.0))
+    assert q["quantization"] == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+    assert q["lora"] == l16["lora"] == {"r": 16, "lora_alpha": LORA_ALPHA, "lora_dropout": 0.0, "target_modules": None,
+                                        "bias": "none", "task_type": "CAUSAL_LM"}
     assert q["optimizer"] == l16["optimizer"] == "adamw_torch", "the 4-bit base is the only difference"
+
+
+def test_specs_hold_the_libraries_own_configs_and_print_as_their_constructors():
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+
+    spec = qlora(16)
+    assert isinstance(spec.lora, LoraConfig) and isinstance(spec.quantization, BitsAndBytesConfig)
+    assert str(spec) == ("RunSpec('qlora',\n        lora=LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=None, "
+                         "bias='none', task_type='CAUSAL_LM'),\n        quantization=BitsAndBytesConfig(load_in_4bit=True, "
+                         "bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True))")
+    resolved = specs.resolve(spec, "smollm2-135m-bundled", torch.bfloat16)
+    assert "bnb_4bit_compute_dtype=torch.bfloat16" in str(resolved)
+    assert "target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']" in str(resolved)
+    # what is printed is what builds the same config: eval the shown constructor and compare
+    shown = specs.show_config(resolved.lora)
+    rebuilt = specs.config_fields(eval(shown, {"LoraConfig": LoraConfig}))
+    rebuilt["target_modules"] = specs.ordered_targets(rebuilt["target_modules"], resolved.lora.target_modules)
+    assert rebuilt == specs.config_fields(resolved.lora)
+    assert spec.lora.target_modules is None and spec.quantization.bnb_4bit_compute_dtype == torch.float32, \
+        "resolve works on a copy: the caller's configs are not changed"
+
+
+def test_a_students_compute_dtype_that_breaks_the_profiles_precision_is_refused():
+    from transformers import BitsAndBytesConfig
+
+    spec = specs.RunSpec("q", lora=specs.lora_config(8), quantization=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16))
+    with pytest.raises(specs.SpecError, match="bnb_4bit_compute_dtype=torch.float16 but this device computes in"):
+        specs.resolve(spec, "smollm2-135m-bundled", torch.bfloat16)
+    assert specs.resolve(spec, "smollm2-135m-bundled", torch.float16).quantization.bnb_4bit_compute_dtype == torch.float16
+
+
+def test_target_order_does_not_depend_on_the_set_peft_keeps():
+    from peft import LoraConfig
+
+    a = specs.RunSpec("x", lora=LoraConfig(r=8, target_modules=["v_proj", "q_proj", "lm_head"]))
+    resolved = specs.resolve(a, "smollm2-135m-bundled", torch.float32)
+    assert resolved.lora.target_modules == ["q_proj", "v_proj", "lm_head"]
+    assert resolved.lora.task_type == "CAUSAL_LM" and a.lora.task_type is None
 
 
 @pytest.mark.parametrize("r", [1, 4, 8, 16, 32, 64])
 def test_lora_alpha_is_fixed_across_ranks(r):
     spec = lora(r)
-    assert (spec.lora.r, spec.lora.alpha, spec.lora.dropout) == (r, LORA_ALPHA, 0.0)
+    assert (spec.lora.r, spec.lora.lora_alpha, spec.lora.lora_dropout) == (r, LORA_ALPHA, 0.0)
 
 
 def test_standard_runs():
