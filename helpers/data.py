@@ -59,7 +59,7 @@ def to_example(row: dict, fmt: str, conversational: bool) -> dict:
 
 def tokenize(examples: list[dict], tokenizer) -> Dataset:
     """input_ids and labels (-100 on the prompt) as TRL 1.16's SFTTrainer prepares them for training with
-    completion_only_loss=True, no truncation and no packing, for train, eval and generation alike:
+    completion_only_loss=True, no truncation and no packing; evaluation scores the same sequences:
     - conversational prompt–completion: the chat template renders prompt + completion, its end of turn included;
     - plain prompt–completion (no chat template): the tokenizer's EOS is appended to the completion;
     - plain text (language modelling): EOS appended, every token a target.
