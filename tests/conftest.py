@@ -39,6 +39,21 @@ def real_tokenizer():
     return load_tokenizer("smollm2-135m-bundled")
 
 
+@pytest.fixture
+def sft_prepared(tmp_path):
+    """The oracle for helpers.data.tokenize: what SFTTrainer's public constructor prepares from raw examples with the
+    lab's data settings (completion-only loss, no truncation, no packing), as {"input_ids", "labels"} lists."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    def prepare(raw: list[dict], tokenizer, model) -> list[dict]:
+        config = SFTConfig(output_dir=str(tmp_path), max_length=None, packing=False, padding_free=True,
+                           completion_only_loss=True, activation_checkpointing=False, bf16=False, fp16=False,
+                           use_cpu=True, report_to="none")
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(raw), processing_class=tokenizer)
+        return trainer.train_dataset.select_columns(["input_ids", "labels"]).to_list()
+    return prepare
+
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: only called under `pytest -n N` (make test)
 def pytest_xdist_make_scheduler(config, log):

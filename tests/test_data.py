@@ -1,14 +1,20 @@
-"""helpers.data: label masking (pad == EOS), padding, prompt layout, manifest validation, data preparation."""
+"""helpers.data and helpers.sources: label masking (pad == EOS), tokenization as SFTTrainer's own, padding, prompt
+layout, manifest validation, reading rows, data preparation, the reference results' data."""
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers.data import (IGNORE_INDEX, ManifestError, chunk_text, explain_labels, load_manifest, load_rows, pad_batch,
-                          prepare_data, render_instruction_prompt, to_example, tokenize)
-from helpers.manifests import all_manifests
+import helpers
+from helpers.data import (IGNORE_INDEX, chunk_text, explain_labels, pad_batch, prepare_data, render_instruction_prompt,
+                          target_tokens, to_example, tokenize)
+from helpers.manifests import ManifestError, all_manifests, load_manifest
+from helpers.sources import load_rows
+
+REFERENCE_RESULTS = Path(__file__).parents[1] / "notebooks" / "reference_results"
 
 
 def tokenize_one(row: dict, tokenizer, conversational: bool = False) -> dict:
@@ -53,6 +59,43 @@ def test_tokenize_conversational_learns_the_end_of_turn(real_tokenizer):
     assert real_tokenizer.decode(learned).startswith("Hello!<|im_end|>")
     context = real_tokenizer.decode([t for t, label in zip(ex["input_ids"], ex["labels"]) if label == IGNORE_INDEX])
     assert "Say hello." in context and context.endswith("<|im_start|>assistant\n")
+
+
+# ---------- tokenization is SFTTrainer's own: TRL, through its public constructor, is the oracle ----------
+
+ORACLE_ROWS = [instruction("Say hello to the class.", "Hello, everyone!", "twenty students"),
+               instruction("What is a tuple?", "An immutable sequence."),
+               instruction("Show a loop.", "```python\nfor i in range(3):\n    print(i)\n```")]
+CHAT = [{"role": "system", "content": "You answer in one line."}, {"role": "user", "content": "What is a dict?"},
+        {"role": "assistant", "content": "A mapping."}, {"role": "user", "content": "And a set?"},
+        {"role": "assistant", "content": "An unordered collection of unique items."}]
+
+
+@pytest.mark.parametrize("conversational", [True, False], ids=["chat template", "instruction text"])
+def test_tokenize_is_what_sfttrainer_trains_on(conversational, real_tokenizer, tiny_llama, sft_prepared):
+    raw = ([to_example(r, "instruction", conversational) for r in ORACLE_ROWS]
+           + [to_example({"messages": CHAT}, "chat", conversational)])
+    ours = tokenize(raw, real_tokenizer).to_list()
+    assert ours == sft_prepared(raw, real_tokenizer, tiny_llama)
+    assert all(e["labels"][0] == IGNORE_INDEX and e["labels"][-1] != IGNORE_INDEX for e in ours)
+    assert all(real_tokenizer.eos_token_id in e["labels"] for e in ours), "the end of turn is learned"
+
+
+def test_tokenize_is_what_sfttrainer_trains_on_at_the_edges(real_tokenizer, tiny_llama, sft_prepared):
+    merged = {"prompt": "### Response:\n", "completion": "\n\nindented"}  # "\n" + "\n\n" tokenize as one "\n\n\n"
+    ended = {"prompt": "### Response:\n", "completion": "Done.<|im_end|>"}  # an EOS already there is not doubled
+    ours = tokenize([merged, ended], real_tokenizer).to_list()
+    assert ours == sft_prepared([merged, ended], real_tokenizer, tiny_llama)
+    prompt_ids = real_tokenizer(merged["prompt"]).input_ids
+    assert ours[0]["input_ids"][:len(prompt_ids)] != prompt_ids, "control: the prompt's last token merged"
+    assert ours[0]["labels"][:len(prompt_ids) - 1] == [IGNORE_INDEX] * (len(prompt_ids) - 1)
+    assert ours[0]["labels"][len(prompt_ids) - 1] != IGNORE_INDEX, "the merged token belongs to the completion"
+    assert ours[1]["input_ids"].count(real_tokenizer.eos_token_id) == 1
+
+    text = [{"text": "Python is a programming language."}, {"text": "Ada Lovelace wrote the first program."}]
+    ours = tokenize(text, real_tokenizer).to_list()
+    assert ours == sft_prepared(text, real_tokenizer, tiny_llama)
+    assert all(e["labels"] == e["input_ids"] and e["input_ids"][-1] == real_tokenizer.eos_token_id for e in ours)
 
 
 def test_explain_labels_reports_the_end_of_turn(real_tokenizer):
@@ -347,3 +390,20 @@ def test_prepare_data_nothing_fits(tmp_path, real_tokenizer):
     with pytest.raises(ManifestError, match="max_length") as info:
         _prepare(write_manifest(tmp_path, VALID), real_tokenizer, seed=0, max_length=4)
     assert_names(info.value, "[split]")
+
+
+# ---------- the reference results' data ----------
+
+def test_the_cpu_profile_builds_the_data_of_the_reference_results(tmp_path):
+    """notebooks/reference_results were measured on this data: the same ids and labels (fingerprint), the same held-out
+    target tokens and the same general-text windows. A change to reading or tokenization that voids them fails here."""
+    records = [json.loads(p.read_text()) for p in sorted(REFERENCE_RESULTS.glob("*-seed*.json"))]
+    assert len(records) == 15
+    [recorded] = {(r["data"]["fingerprint"], r["data"]["train_examples"], r["data"]["eval_examples"],
+                   r["eval"]["tokens"], r["forgetting"]["tokens"]) for r in records}
+    assert recorded[0] == "52ee9d58d86b7ca4"
+    lab = helpers.Lab("cpu", results=tmp_path)
+    windows = [len(w) - 1 for w in lab.forgetting_set["input_ids"]]
+    assert (lab.data.fingerprint, len(lab.data.train), len(lab.data.eval), target_tokens(lab.data.eval),
+            sum(windows)) == recorded
+    assert windows == [n for _, n in records[0]["forgetting"]["per_example_before"]]

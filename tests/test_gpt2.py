@@ -106,6 +106,13 @@ def test_plain_prompt_completion_uses_the_instruction_template_and_learns_eos(to
     assert tokenizer.unk_token_id not in ids
 
 
+def test_tokenize_is_what_sfttrainer_trains_on_without_a_chat_template(tokenizer, sft_prepared):
+    raw = [data.to_example(r, "instruction", conversational=False) for r in ROWS]
+    assert data.tokenize(raw, tokenizer).to_list() == sft_prepared(raw, tokenizer, tiny_gpt2())
+    text = [{"text": r["output"]} for r in ROWS]  # language modelling: EOS appended, every token a target
+    assert data.tokenize(text, tokenizer).to_list() == sft_prepared(text, tokenizer, tiny_gpt2())
+
+
 # ---------------------------------------------------------------- packing without cross-talk
 
 def collate(batch: list[dict], pad_id: int):

@@ -92,7 +92,8 @@ def offline_hf(tmp_path_factory) -> dict[str, str]:
 GPU_PATH = r"""
 import json, sys
 import helpers
-from helpers import data, models
+from helpers import models, sources
+from helpers.manifests import load_manifest
 
 out = {}
 lab = helpers.Lab("gpu", results=sys.argv[1], seeds=1, max_steps=2, warmup_steps=0, batch_size=2, logging_steps=1,
@@ -105,11 +106,11 @@ try:
 except models.HubUnavailableError as err:
     out["model_error"] = str(err)
 try:
-    data.load_rows(data.load_manifest("oasst1"))
+    sources.load_rows(load_manifest("oasst1"))
 except models.HubUnavailableError as err:
     out["dataset_error"] = str(err)
 try:  # cached, but no such split: the data's own error, not "offline"
-    data._read_source(data.load_manifest("alpaca_cleaned"), "validation")
+    sources._read_source(load_manifest("alpaca_cleaned"), "validation")
 except Exception as err:
     out["wrong_split"] = [type(err).__name__, str(err)]
 print("RESULT " + json.dumps(out))

@@ -16,10 +16,11 @@ from typing import Callable
 import pytest
 
 import helpers
-from helpers.data import DataFileError, load_rows, prepare_data, prepare_text, read_data_file
+from helpers.data import prepare_data, prepare_text
 from helpers.manifests import ManifestError, load_manifest
 from helpers.models import get_preset
 from helpers.profiles import PROFILES, ProfileError, check_flag, get_profile
+from helpers.sources import DataFileError, load_rows, read_data_file
 from helpers.tracking import check_report_to
 from helpers.profiles import check as check_profile
 from helpers.specs import SpecError, check, check_targets, lora_config, lora_runs, nf4_config

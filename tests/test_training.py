@@ -117,18 +117,6 @@ def test_without_a_chat_template_the_seed_template_is_used(real_tokenizer):
     assert real_tokenizer.decode(learned) == "Hello, everyone!<|im_end|>"  # TRL appends the EOS to the completion
 
 
-def test_lab_tokenization_is_what_sfttrainer_trains_on(real_tokenizer, tiny_llama, tmp_path):
-    """data.tokenize runs TRL's own preparation; SFTTrainer given the raw examples must produce the same ids."""
-    raw = [data.to_example(r, "instruction", conversational=True) for r in ROWS]
-    config = SFTConfig(output_dir=str(tmp_path), max_length=None, padding_free=True, activation_checkpointing=False,
-                       bf16=False, fp16=False, use_cpu=True, report_to="none", completion_only_loss=True)
-    trainer = SFTTrainer(model=tiny_llama, args=config, train_dataset=Dataset.from_list(raw),
-                         processing_class=real_tokenizer)
-    ours = data.tokenize(raw, real_tokenizer)
-    assert trainer.train_dataset["input_ids"] == ours["input_ids"]
-    assert trainer.train_dataset["labels"] == ours["labels"]
-
-
 # ---------------------------------------------------------------- TRL's defaults, set on purpose
 
 def test_trl_defaults_are_the_traps_the_lab_avoids(tmp_path):
