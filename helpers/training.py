@@ -35,7 +35,7 @@ from .models import bnb_config, get_preset, load_model
 from .profiles import Profile
 from .specs import RunSpec, check_targets
 
-PROGRESS_ENV = "LAB_PROGRESS"  # set by helpers.execute: a file to append one progress line per logged step to
+PROGRESS_ENV = "LAB_PROGRESS"  # set by helpers.tools.execute: a file to append one progress line per logged step to
 
 
 class DivergedError(RuntimeError):
