@@ -29,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 lab: setup
-	LAB_PROFILE=$${LAB_PROFILE:-cpu} $(BIN)/python -m helpers.execute notebooks/*.ipynb
+	LAB_PROFILE=$${LAB_PROFILE:-cpu} $(BIN)/python -m helpers.tools.execute notebooks/*.ipynb
 
 # make test: one worker per core (at most 4), one thread each: a smoke run is mostly single-threaded Python, so two
 # workers finish in a little over half the time, while 2 threads each would oversubscribe the cores. conftest.py keeps
@@ -40,13 +40,13 @@ test: setup
 	  $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --nbmake notebooks tests
 
 bench: setup
-	$(BIN)/python -m helpers.bench
+	$(BIN)/python -m helpers.tools.bench
 
 sweep: setup
-	$(BIN)/python -m helpers.sweep
+	$(BIN)/python -m helpers.tools.sweep
 
 gpu-check: setup
-	$(BIN)/python -m helpers.gpu_check
+	$(BIN)/python -m helpers.tools.gpu_check
 
 clean:
 	rm -rf results

@@ -14,6 +14,7 @@ from .data import fingerprint
 from .specs import config_fields
 from .results import VERSION_KEYS, code_version, digest, write_json_atomic
 from .environment import package_versions
+from .memory import release
 
 BASELINE_DIR = "baseline"
 VERSION = 1
@@ -47,8 +48,6 @@ def get(lab, quantization=None) -> dict:
                 return stored
         except (OSError, json.JSONDecodeError):
             pass  # a damaged file is measured again
-    from .runs import release
-
     model = lab.base_model(quantization)
     numbers = {"version": VERSION, "quantization": config_fields(quantization) or None,
                **measure(lab, model)}

@@ -33,6 +33,14 @@ CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
 StorageKey = tuple[str, int]  # (device, storage data_ptr): views and aliases of one storage share a key
 
 
+def release() -> None:
+    """After the caller drops its last reference to a model: give its memory back before the next run."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return_freed_memory_to_os()
+
+
 class MemoryMeter:
     """Whole-training device peak, above what the process held when the meter started.
 

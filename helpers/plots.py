@@ -421,29 +421,5 @@ def learning_vs_forgetting(records: list[dict], ax: Axes | None = None) -> Axes:
     return ax
 
 
-def sweep_figure(result: dict) -> Figure:
-    """Validation perplexity against the learning rate (log x), one line per swept run, its best rate circled."""
-    fig = Figure(figsize=(7.5, 4.4), layout="constrained")
-    ax = fig.subplots()
-    for run_id, best in result["best"].items():
-        rates = sorted(float(r) for r in best["by_rate"])
-        values = [best["by_rate"][r] if r in best["by_rate"] else best["by_rate"][str(r)] for r in rates]
-        ax.plot(rates, values, marker="o", color=run_color(run_id), label=run_id, linewidth=1.5)
-        ax.scatter([best["learning_rate"]], [best["validation_perplexity"]], s=160, facecolor="none",
-                   edgecolor=run_color(run_id), linewidths=2, zorder=4)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("validation perplexity after training")
-    ratio = result.get("lora_to_full_ratio")
-    ax.set_title("Learning-rate sweep on the validation split" + (f" · best LoRA / full = {ratio:.1f}×" if ratio
-                                                                  else ""), fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, frameon=False)
-    fig.supxlabel(f"profile {result['profile']} · {result['validation_examples']} validation examples · seeds "
-                  f"{result['seeds']} · {result['precision']} · {result['device']}", fontsize=8, color="#444444")
-    return fig
-
-
 __all__ = ["CATEGORY_COLORS", "METRICS", "RUN_COLORS", "RUN_ORDER", "comparison_figure", "learning_vs_forgetting",
-           "loss_curves", "memory_panel", "metric_bars", "perplexity_vs_params", "run_color", "save_figure",
-           "sweep_figure"]
+           "loss_curves", "memory_panel", "metric_bars", "perplexity_vs_params", "run_color", "save_figure"]

@@ -33,7 +33,7 @@ class Profile:
     generation_tokens: int  # greedy tokens per before/after generation
     generation_prompts: int  # how many of the manifest's fixed prompts to generate for
     logging_steps: int
-    learning_rates: dict[str, float]  # per method, chosen by the learning-rate sweep (python -m helpers.sweep)
+    learning_rates: dict[str, float]  # per method, chosen by the learning-rate sweep (python -m helpers.tools.sweep)
     forgetting: str | None  # a text manifest far from the training data, None to skip
     forgetting_tokens: int  # target tokens of general text scored before and after training
     checkpoint_steps: int  # save a resumable checkpoint every this many steps (0: never)
@@ -61,7 +61,7 @@ PROFILES: dict[str, Profile] = {
                    generation_prompts=3, logging_steps=2, learning_rates={"full": 2e-4, "lora": 5e-3},
                    forgetting="vital_articles", forgetting_tokens=3000, checkpoint_steps=10, validation_examples=40),
     # Colab T4: the Hub model at full precision and a Hub dataset, minutes per method. Its learning rates have not
-    # been swept (no GPU here): `python -m helpers.sweep --profile gpu` on a T4 chooses them the same way.
+    # been swept (no GPU here): `python -m helpers.tools.sweep --profile gpu` on a T4 chooses them the same way.
     "gpu": Profile("gpu", "smollm2-135m", "alpaca_cleaned", train_examples=4000, eval_examples=300, max_length=512,
                    batch_size=16, max_steps=200, warmup_steps=10, eval_batch_tokens=8192, generation_tokens=96,
                    generation_prompts=3, logging_steps=10, learning_rates={"full": 5e-5, "lora": 3e-4},

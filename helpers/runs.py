@@ -14,7 +14,7 @@ from . import baseline, memory, profiles, results, specs, tracking
 from .data import LabData, prepare_data, prepare_text
 from .environment import Environment, Parallel, detect, launched_parallel, results_dir, write_directory_atomically
 from .evaluation import generate, perplexity
-from .memory import MemoryMeter
+from .memory import MemoryMeter, release
 from .models import expected_lora_parameters, get_preset, load_config, load_model, load_tokenizer, parameter_count
 from .profiles import Profile, get_profile
 from .specs import RunSpec, check
@@ -29,17 +29,6 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def release() -> None:
-    """After the caller drops its last reference to a model: give its memory back before the next run."""
-    import gc
-
-    from .environment import return_freed_memory_to_os
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return_freed_memory_to_os()
-
-
 class Lab:
     """What one notebook works with. Settings left as None take the profile's value."""
 
@@ -50,7 +39,7 @@ class Lab:
         self.profile: Profile = get_profile(profile, seeds=seeds, **overrides)
         self.env: Environment = detect()
         self.results_dir = Path(results) if results else results_dir()
-        # Under torchrun / accelerate launch: several processes train one run (helpers.distributed)
+        # Under torchrun / accelerate launch: several processes train one run (helpers.tools.distributed)
         self.parallel: Parallel = parallel or launched_parallel()
         self.parallel.per_device_batch(self.profile.batch_size)  # refused now if the batch cannot be split
 

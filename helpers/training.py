@@ -35,7 +35,7 @@ from .models import expected_lora_parameters, get_preset, linear_layer_names, lo
 from .profiles import Profile
 from .specs import RunSpec, check_targets, ordered_targets, resolve
 
-PROGRESS_ENV = "LAB_PROGRESS"  # set by helpers.execute: a file to append one progress line per logged step to
+PROGRESS_ENV = "LAB_PROGRESS"  # set by helpers.tools.execute: a file to append one progress line per logged step to
 
 
 class DivergedError(RuntimeError):

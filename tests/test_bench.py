@@ -1,5 +1,5 @@
-"""helpers.bench: the FLOPs and MFU arithmetic, a row built from fake timings, the lever chain, and the step timer on
-a tiny model (seconds, no bundled model)."""
+"""helpers.tools.bench and its parts: the FLOPs and MFU arithmetic (mfu), a row built from fake timings and the lever
+chain (bench, pipelines), and the step timer on a tiny model (timing; seconds, no bundled model)."""
 
 import math
 
@@ -8,8 +8,9 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from helpers import bench
-from helpers.bench import COLUMNS, PARTS, StepTime
+from helpers.tools import bench, mfu, pipelines, timing
+from helpers.tools.bench import COLUMNS
+from helpers.tools.timing import PARTS, StepTime
 
 
 def fake_step(seconds: float = 4.0, real: int = 100, slots: int = 400) -> StepTime:
@@ -18,16 +19,16 @@ def fake_step(seconds: float = 4.0, real: int = 100, slots: int = 400) -> StepTi
 
 def test_flops_per_token():
     # full: 6N; LoRA: 4N (no weight gradients for the frozen base) + 6 x adapter params; attention 12 * L * h * ctx
-    assert bench.flops_per_token("full", 100, layers=2, width=8, context=3.0) == 600 + 12 * 2 * 8 * 3
-    assert bench.flops_per_token("lora", 100, 2, 8, 3.0, adapter_params=5) == 400 + 30 + 12 * 2 * 8 * 3
+    assert mfu.flops_per_token("full", 100, layers=2, width=8, context=3.0) == 600 + 12 * 2 * 8 * 3
+    assert mfu.flops_per_token("lora", 100, 2, 8, 3.0, adapter_params=5) == 400 + 30 + 12 * 2 * 8 * 3
 
 
 def test_mean_context_is_causal_within_each_example():
-    assert bench.mean_context([1, 3]) == pytest.approx((1 + (1 + 2 + 3)) / 4)
+    assert mfu.mean_context([1, 3]) == pytest.approx((1 + (1 + 2 + 3)) / 4)
 
 
 def test_mfu_percent():
-    assert bench.mfu_percent(50, 1e9, 100) == pytest.approx(50.0)  # 5e10 FLOP/s of a 1e11 peak
+    assert mfu.mfu_percent(50, 1e9, 100) == pytest.approx(50.0)  # 5e10 FLOP/s of a 1e11 peak
 
 
 def test_matmul_parameters_counts_linear_layers_not_the_embedding(tiny_llama):
@@ -35,7 +36,7 @@ def test_matmul_parameters_counts_linear_layers_not_the_embedding(tiny_llama):
     kv = c.num_key_value_heads * c.hidden_size // c.num_attention_heads
     per_layer = 2 * c.hidden_size ** 2 + 2 * c.hidden_size * kv + 3 * c.hidden_size * c.intermediate_size
     expected = c.num_hidden_layers * per_layer + c.hidden_size * c.vocab_size  # LM head once
-    assert bench.matmul_parameters(tiny_llama) == expected
+    assert mfu.matmul_parameters(tiny_llama) == expected
 
 
 def test_row_from_fake_timings():
@@ -49,10 +50,10 @@ def test_row_from_fake_timings():
 
 
 def test_gains_multiply_to_the_total():
-    rates = {bench.NAIVE: 10.0, bench.PADDED: 30.0, bench.PACKED: 40.0, bench.BF16: 60.0, bench.LAB: 66.0,
-             bench.FUSED: 50.0}
-    rows = [{"pipeline": p, "method": "lora-r8", "tokens/s": r} for p, r in rates.items()]
-    found = bench.gains(rows, bench.LORA_CHAIN, "lora-r8")
+    p = pipelines
+    rates = {p.NAIVE: 10.0, p.PADDED: 30.0, p.PACKED: 40.0, p.BF16: 60.0, p.LAB: 66.0, p.FUSED: 50.0}
+    rows = [{"pipeline": name, "method": "lora-r8", "tokens/s": r} for name, r in rates.items()]
+    found = bench.gains(rows, pipelines.LORA_CHAIN, "lora-r8")
     assert found["padding"] == 3.0 and found["LoRA dropout 0"] == pytest.approx(1.1)
     levers = [found[k] for k in ("padding", "packing", "bf16 autocast", "LoRA dropout 0")]
     assert math.prod(levers) == pytest.approx(found["total (lab / naive)"]) == pytest.approx(6.6)
@@ -73,11 +74,11 @@ def test_step_timer_times_a_plain_trainer(tiny_llama, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
                              report_to="none", save_strategy="no", disable_tqdm=True, seed=0, data_seed=0)
     trainer = Trainer(model=tiny_llama, args=args, train_dataset=Dataset.from_list(rows), data_collator=pad_right)
-    timer = bench.StepTimer().attach(trainer)
+    timer = timing.StepTimer().attach(trainer)
     trainer.train()
     assert len(timer.steps) == 2
     assert sum(s.real_tokens for s in timer.steps) == 5 + 9 + 4 + 7  # padding is not counted
     assert sum(s.slots for s in timer.steps) > 25
     for s in timer.steps:
         assert 0 < s.backbone < s.loss < s.train_step < s.seconds
-    assert all(v >= 0 for v in bench.step_split(timer.steps).values())
+    assert all(v >= 0 for v in timing.step_split(timer.steps).values())

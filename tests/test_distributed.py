@@ -28,8 +28,9 @@ def launch(command: list[str], results: Path) -> subprocess.Popen:
     # One thread per process (torchrun sets the same for its workers): the 1-process reference runs beside the
     # 2-process one, three processes on two cores, without oversubscribing them.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "LAB_PROFILE": "smoke", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([*command, "-m", "helpers.distributed", "--runs", "lora-r8", "--results", str(results),
-                             "--fp32"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([*command, "-m", "helpers.tools.distributed", "--runs", "lora-r8", "--results",
+                             str(results), "--fp32"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def result_of(process: subprocess.Popen, results: Path) -> dict:

@@ -235,7 +235,7 @@ def test_a_notebook_on_a_t4_refuses_gpt_neo_full_fine_tuning_before_loading(monk
 def test_gpu_check_on_a_t4_runs_the_fp16_path_only(monkeypatch, capsys):
     import torch
 
-    from helpers import gpu_check
+    from helpers.tools import gpu_check
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
@@ -257,7 +257,7 @@ def test_gpu_check_on_a_t4_runs_the_fp16_path_only(monkeypatch, capsys):
 def test_gpu_check_adds_bf16_from_sm80_and_fails_on_non_fp32_trainable_weights(monkeypatch, capsys):
     import torch
 
-    from helpers import gpu_check
+    from helpers.tools import gpu_check
 
     assert [p for p, _ in gpu_check.plan((8, 0))] == ["fp16"] * 3 + ["bf16"] * 3
     assert [p for p, _ in gpu_check.plan((9, 0))].count("bf16") == 3
@@ -274,7 +274,7 @@ def test_gpu_check_adds_bf16_from_sm80_and_fails_on_non_fp32_trainable_weights(m
 def test_gpu_check_without_cuda_exits_with_a_clear_message(monkeypatch, capsys):
     import torch
 
-    from helpers import gpu_check
+    from helpers.tools import gpu_check
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main() == 2

@@ -1,11 +1,11 @@
-"""helpers.sweep on the smoke profile: every grid point trains and is scored on the validation split, never on the
+"""helpers.tools.sweep on the smoke profile: every grid point trains and is scored on the validation split, never on the
 held-out set, and the best rate per run and the LoRA / full ratio come from those scores."""
 
 import json
 
 import pytest
 
-from helpers import sweep
+from helpers.tools import sweep
 from helpers.specs import full, lora
 
 

@@ -1,7 +1,7 @@
 """One run trained by several processes: the lab's training path, unchanged, under torchrun or accelerate launch.
 
-    torchrun --standalone --nproc_per_node 2 -m helpers.distributed --runs full lora-r8
-    accelerate launch --multi_gpu --num_processes 4 -m helpers.distributed --runs full --fsdp
+    torchrun --standalone --nproc_per_node 2 -m helpers.tools.distributed --runs full lora-r8
+    accelerate launch --multi_gpu --num_processes 4 -m helpers.tools.distributed --runs full --fsdp
 
 Without --fsdp it is DDP: every process holds the whole model and a share of each step's examples, and the
 gradients are averaged. With --fsdp (CUDA only) weights, gradients and optimizer state are sharded over the
@@ -17,9 +17,9 @@ import argparse
 import dataclasses
 import sys
 
-from .environment import Precision, launched_parallel
-from .runs import Lab
-from .specs import from_run_id
+from ..environment import Precision, launched_parallel
+from ..runs import Lab
+from ..specs import from_run_id
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Run notebooks headless, in order, saving executed copies: `python -m helpers.execute notebooks/*.ipynb`.
+"""Run notebooks headless, in order, saving executed copies: `python -m helpers.tools.execute notebooks/*.ipynb`.
 
 The terminal shows which notebook, which cell of how many, and during training the step, tokens/s and time left
 (written by helpers.training.StepClock to the file named by $LAB_PROGRESS, which this runner follows). The kernel's
@@ -18,8 +18,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from .environment import results_dir
-from .training import PROGRESS_ENV
+from ..environment import results_dir
+from ..training import PROGRESS_ENV
 
 
 class ProgressClient(NotebookClient):

@@ -16,26 +16,26 @@ from pathlib import Path
 
 NO_CUDA = ("gpu-check needs a CUDA GPU, and this machine has none (torch.cuda.is_available() is False). Run it on a "
            "GPU machine, or on Colab with Runtime -> Change runtime type -> T4 GPU: "
-           "!cd /content/finetune-lab && python -m helpers.gpu_check")
+           "!cd /content/finetune-lab && python -m helpers.tools.gpu_check")
 T4 = (7, 5)
 
 
 def plan(capability: tuple[int, int]) -> list[tuple[str, object]]:
     """(precision name, run spec) pairs, in order: the T4 path first, then bf16 if this GPU has it."""
-    from . import full, lora, qlora
+    from .. import full, lora, qlora
 
     precisions = ["fp16"] + (["bf16"] if tuple(capability) >= (8, 0) else [])
     return [(p, spec) for p in precisions for spec in (full(), lora(8), qlora(16))]
 
 
 def precision_for(name: str):
-    from .environment import choose_precision
+    from ..environment import choose_precision
 
     return choose_precision("cuda", T4 if name == "fp16" else (8, 0))
 
 
 def run_one(results: Path, precision_name: str, spec) -> dict:
-    from .runs import Lab
+    from ..runs import Lab
 
     lab = Lab("smoke", results=results / precision_name, seeds=1)
     lab.env = dataclasses.replace(lab.env, precision=precision_for(precision_name))

@@ -1,4 +1,4 @@
-"""Learning rates from a sweep, not a guess: `make sweep` (python -m helpers.sweep). Not part of `make lab`.
+"""Learning rates from a sweep, not a guess: `make sweep` (python -m helpers.tools.sweep). Not part of `make lab`.
 
 For each swept spec (full fine-tuning, and LoRA at r=8 and r=32 with alpha fixed at 16, so the sweep also shows
 whether the best rate depends on the rank) and each rate of a small grid, train the profile's budget on its
@@ -19,13 +19,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .environment import results_dir
-from .evaluation import perplexity
-from .results import write_json_atomic
-from .runs import Lab, release
-from .specs import RunSpec, full, lora
-from .training import build_base, make_trainer, train
+from ..environment import results_dir
+from ..evaluation import perplexity
+from ..results import write_json_atomic
+from ..runs import Lab, release
+from ..specs import RunSpec, full, lora
+from ..training import build_base, make_trainer, train
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GRIDS = {"full": (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3), "lora": (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)}
 SWEPT = (full(), lora(8), lora(32))
@@ -98,10 +102,37 @@ def sweep(profile: str = "cpu", seeds: int = 1, specs: tuple[RunSpec, ...] = SWE
         result["lora_to_full_ratio"] = sum(lora_best) / len(lora_best) / best["full"]["learning_rate"]
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result, out / "sweep.json")
-    from .plots import save_figure, sweep_figure
+    from ..plots import save_figure
 
-    save_figure(sweep_figure(result), out / "sweep.png")
+    save_figure(figure(result), out / "sweep.png")
     return result
+
+
+def figure(result: dict) -> Figure:
+    """Validation perplexity against the learning rate (log x), one line per swept run, its best rate circled."""
+    from matplotlib.figure import Figure  # lazy: matplotlib only once the points are measured
+
+    from ..plots import run_color
+
+    fig = Figure(figsize=(7.5, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for run_id, best in result["best"].items():
+        rates = sorted(float(r) for r in best["by_rate"])
+        values = [best["by_rate"][r] if r in best["by_rate"] else best["by_rate"][str(r)] for r in rates]
+        ax.plot(rates, values, marker="o", color=run_color(run_id), label=run_id, linewidth=1.5)
+        ax.scatter([best["learning_rate"]], [best["validation_perplexity"]], s=160, facecolor="none",
+                   edgecolor=run_color(run_id), linewidths=2, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("validation perplexity after training")
+    ratio = result.get("lora_to_full_ratio")
+    ax.set_title("Learning-rate sweep on the validation split" + (f" · best LoRA / full = {ratio:.1f}×" if ratio
+                                                                  else ""), fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, frameon=False)
+    fig.supxlabel(f"profile {result['profile']} · {result['validation_examples']} validation examples · seeds "
+                  f"{result['seeds']} · {result['precision']} · {result['device']}", fontsize=8, color="#444444")
+    return fig
 
 
 def main() -> int:
