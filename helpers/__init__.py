@@ -17,9 +17,9 @@ warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprec
 
 from .specs import STANDARD_RUNS, RunSpec, full, lora, paged, qlora  # noqa: E402
 
-SUBMODULES = ("adapters", "baseline", "bench", "colab", "data", "environment", "evaluation", "gpu_check", "manifests",
-              "memory", "models", "plots", "profiles", "ratings", "results", "runs", "specs", "statistics", "tables",
-              "tracking", "training", "widgets")
+SUBMODULES = ("adapters", "baseline", "bench", "colab", "data", "decoding", "environment", "evaluation", "formatting",
+              "gpu_check", "manifests", "measures", "memory", "models", "notes", "plots", "profiles", "ratings", "results",
+              "runs", "specs", "statistics", "tables", "tracking", "training", "widgets")
 
 
 def __getattr__(name: str):
