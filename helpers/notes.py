@@ -43,7 +43,7 @@ def verdict(records: list[dict], run_a: str, run_b: str, key: str) -> str | None
 def direction(change_: Interval) -> str:
     """'rose' / 'fell' when the interval of after − before excludes 0, else a phrase that claims no direction."""
     if change_.method == "single":
-        return "moved (one value, no interval: no direction claimed)"
+        return "no direction claimed (one seed, no interval)"
     if not change_.excludes(0.0):
         return "did not move beyond noise"
     return "fell" if change_.high < 0 else "rose"
@@ -261,7 +261,8 @@ def general_text_notes(records: list[dict]) -> list[str]:
     if "qlora" in runs and full_precision:
         q, fp = runs["qlora"], runs[full_precision]
         q_fall, fp_fall = _general_text_falls(q), _general_text_falls(fp)
-        if q_fall is not None and fp_fall is not None and len(q_fall) == len(fp_fall) > 2:
+        # a correlation over a handful of texts (the smoke profile's 3) says nothing
+        if q_fall is not None and fp_fall is not None and len(q_fall) == len(fp_fall) >= 10:
             damage = (_per_token_losses(q[0]["forgetting"]["per_example_before"])
                       - _per_token_losses(fp[0]["forgetting"]["per_example_before"]))
             extra = q_fall - fp_fall
