@@ -136,9 +136,17 @@ def summarize_nll(total_nll: float, total_tokens: int) -> dict[str, float]:
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
-             precision: Precision) -> list[str]:
+             precision: Precision, repetition_penalty: float | None = None) -> list[str]:
     """Greedy (so before/after differences come from the weights, not from sampling luck), all prompts in one
-    left-padded batch, stopping at the end of turn."""
+    left-padded batch, stopping at the end of turn.
+
+    repetition_penalty (> 1, e.g. 1.3): still greedy, but every token already in the prompt or the answer has its
+    logit divided by it (multiplied when negative; transformers' RepetitionPenaltyLogitsProcessor) before the pick.
+    None, the runs' setting, leaves decoding untouched.
+    """
+    if repetition_penalty is not None and not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty={repetition_penalty!r} must be a positive number (1.0 = no penalty, "
+                         "1.3 = a common choice), or None for plain greedy decoding")
     if not prompt_ids:
         return []
     device = next(model.parameters()).device
@@ -150,8 +158,9 @@ def generate(model: torch.nn.Module, tokenizer, prompt_ids: list[list[int]], max
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
     try:
         with cached_weight_casts(model), compute_context(device.type, precision):
+            penalty = {} if repetition_penalty is None else {"repetition_penalty": float(repetition_penalty)}
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                                 use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **penalty)
     finally:
         model.train(was_training)
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]

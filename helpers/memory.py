@@ -349,6 +349,22 @@ def _nf4_bytes(values: int, double_quant: bool) -> int:
     return math.ceil(values / 2) + scales + 4 * 16
 
 
+def _weight_split(arch: dict[str, Any], double_quant: bool) -> dict[str, int]:
+    """A 4-bit base's weights: the blocks' linear layers in NF4; the embeddings, the LM head (tied to them in
+    SmolLM2), the norms and the buffers stay fp32 (bitsandbytes quantizes only nn.Linear, and the lab keeps the head)."""
+    nf4 = [(i, o) for _, i, o, is_head in arch["linears"] if not is_head]
+    nf4_params = sum(i * o for i, o in nf4)
+    return {"nf4_params": nf4_params, "nf4_bytes": sum(_nf4_bytes(i * o, double_quant) for i, o in nf4),
+            "fp32_params": arch["params"] - nf4_params, "fp32_bytes": 4 * (arch["params"] - nf4_params)
+            + arch["buffer_bytes"]}
+
+
+def weight_split(config: Any, double_quant: bool = True) -> dict[str, int]:
+    """Where a 4-bit (QLoRA) base's weight bytes go, as predict counts them: {"nf4_params", "nf4_bytes",
+    "fp32_params", "fp32_bytes"} (an adapter adds 4 bytes per trainable parameter on top)."""
+    return _weight_split(_architecture(config.to_json_string(use_diff=False), type(config)), double_quant)
+
+
 # Saved activations per token and layer, in bytes per hidden (a_h), intermediate (a_i) and attention (a_q) element,
 # and s per element of the packed T x T mask: bytes per element x the tensors of that width autograd keeps,
 # counted from SmolLM2's saved tensors (transformers 5.23, peft 0.21, torch 2.13; within 1% on all 8 runs).
@@ -394,12 +410,13 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
     adapted = [(i, o) for name, i, o, _ in arch["linears"] if name in names]
     r = spec.lora.r if spec.lora else 0
     lora_params = sum(r * (i + o) for i, o in adapted)
-    quantized = [(i, o) for _, i, o, is_head in arch["linears"] if not is_head] if spec.quantization else []
 
     # Weights: fp32 everywhere (load_model, prepare_model_for_kbit_training) except NF4 linear layers (not the head).
-    quantized_values = sum(i * o for i, o in quantized)
-    weights = 4 * (arch["params"] - quantized_values + lora_params) + arch["buffer_bytes"]
-    weights += sum(_nf4_bytes(i * o, spec.quantization.bnb_4bit_use_double_quant) for i, o in quantized)
+    if spec.quantization:
+        split = _weight_split(arch, spec.quantization.bnb_4bit_use_double_quant)
+        weights = split["nf4_bytes"] + split["fp32_bytes"] + 4 * lora_params
+    else:
+        weights = 4 * (arch["params"] + lora_params) + arch["buffer_bytes"]
     trainable = arch["params"] if method == "full" else lora_params
     trainable_tensors = arch["tensors"] if method == "full" else 2 * len(adapted)
     gradients = 4 * trainable

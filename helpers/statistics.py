@@ -81,6 +81,16 @@ def _fmt(x: float, decimals: int) -> str:
     return s[1:] if s.startswith("-") and float(s) == 0.0 else s
 
 
+def percent_text(x: float, signed: bool = False) -> str:
+    """A relative size in percent, one decimal below 10% so a 0.6% difference does not read as 1%."""
+    places = 0 if abs(x) >= 10 else 1
+    text = _fmt(x, places)
+    return f"{'+' if signed and not text.startswith('-') else ''}{text}%"
+
+
+SMALL_PERCENT = 1.0  # a difference beyond noise but under this share of the value is called small, in words
+
+
 # --- Student t -------------------------------------------------------------------------------------------------------
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
@@ -270,11 +280,13 @@ def _how(interval: Interval) -> str:
 
 
 def compare_runs(name_a: str, name_b: str, interval: Interval, what: str, lower_is_better: bool,
-                 decimals: int = 2, unit: str = "") -> str:
+                 decimals: int = 2, unit: str = "", means: Mapping[str, float] | None = None) -> str:
     """One sentence reading `interval` (of a − b). Names a winner only when the interval excludes 0.
 
     The winner's margin and CI are reported as positive amounts (|a − b|) so the sentence reads the same either way
     round; "within noise" keeps the signed difference a − b. `unit` is appended to the margin as given (" ppl", "%").
+    `means` ({name: mean}) adds the margin as a percentage of the loser's mean, and says "small" under 1%: a
+    difference can be real and still too small to matter.
     """
     level = f"{interval.confidence * 100:g}% CI"
     how = _how(interval)
@@ -290,5 +302,11 @@ def compare_runs(name_a: str, name_b: str, interval: Interval, what: str, lower_
     winner, loser = (name_a, name_b) if a_wins else (name_b, name_a)
     # The interval lies entirely on one side of 0, so |low|..|high| (sorted) is the interval of the margin.
     lo, hi = sorted((abs(interval.low), abs(interval.high)))
-    return (f"{winner} beats {loser} on {what} by {_fmt(abs(interval.mean), decimals)}{unit} "
+    size = ""
+    if means and means.get(loser):
+        pct = 100 * abs(interval.mean) / abs(means[loser])
+        size = f" = {percent_text(pct)} of {loser}'s {_fmt(means[loser], decimals)}"
+        if pct < SMALL_PERCENT:
+            size += f", a small difference (under {SMALL_PERCENT:g}%)"
+    return (f"{winner} beats {loser} on {what} by {_fmt(abs(interval.mean), decimals)}{unit}{size} "
             f"({level} {_fmt(lo, decimals)} to {_fmt(hi, decimals)}, {how}).")

@@ -12,7 +12,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from helpers import plots, results, statistics, tables, widgets  # noqa: E402
+from helpers import formatting, measures, plots, results, statistics, tables, widgets  # noqa: E402
+from helpers import notes as lab_notes  # noqa: E402
 from records import CATEGORIES, LORA_TRAINABLE, MIB, NUMBERS, PROMPTS, TOTAL, make_record, per_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def test_load_all_lists_bad_and_older_files_with_reasons(loaded):
     assert set(reasons) == {"broken.json", "old-run.json"}
     assert "JSON" in reasons["broken.json"]
     assert reasons["old-run.json"].startswith("older schema")
-    report = tables.loading_report(records, left_out, "x")
+    report = lab_notes.loading_report(records, left_out, "x")
     assert "broken.json" in report and "Older schema (1 file(s)" in report and "old-run.json" in report
 
 
@@ -75,7 +76,8 @@ def test_summary_frame_values(loaded):
     assert frame.index.name == "run"
     assert list(frame.columns) == ["method", "rank", "seeds", "trainable params", "trainable %", "artifact MiB",
                                    "peak memory MiB", "tokens/s", "perplexity before", "perplexity after",
-                                   "general-text before", "general-text after"]
+                                   "general-text before", "general-text after", "repeated 3-grams % before",
+                                   "repeated 3-grams % after"]
     assert frame.loc["full", "trainable params"] == TOTAL
     assert frame.loc["lora-r8", "trainable params"] == LORA_TRAINABLE[8]
     assert frame["rank"].isna().tolist() == [True, False, False, False, False]
@@ -110,9 +112,9 @@ def test_worse_than_before_is_flagged_not_averaged():
     frame = tables.summary_frame(good + [bad])
     assert frame.loc["lora-r8", "perplexity after"].mean == pytest.approx(4.2)
     assert frame.loc["lora-r8", "seeds"] == 3 and frame.loc["lora-r8", "excluded"] == "1 worse than before"
-    notes = " ".join(tables.reading_notes(good + [bad]))
+    notes = " ".join(lab_notes.reading_notes(good + [bad]))
     assert "lora-r8 (seed 3) ended worse than it started" in notes and "left out of every mean" in notes
-    assert "Flagged: lora-r8 seed 3" in tables.loading_report(good + [bad], [], "x")
+    assert "Flagged: lora-r8 seed 3" in lab_notes.loading_report(good + [bad], [], "x")
     fig = plots.comparison_figure(good + [bad])
     assert [t.get_text() for t in fig.axes[3].get_xticklabels()] == ["lora-r8"]  # its usable seeds still plot
 
@@ -121,7 +123,7 @@ def test_reading_notes_say_within_noise_or_name_the_winner():
     # r32 vs r16 overlap (within noise); full vs r32 are far apart (full wins); paired by seed.
     records = (three_seeds("full", [3.0, 3.1, 2.9]) + three_seeds("lora-r32", [4.0, 4.3, 3.8])
                + three_seeds("lora-r16", [4.1, 4.2, 3.9]))
-    notes = tables.reading_notes(records)
+    notes = lab_notes.reading_notes(records)
     assert any(n.startswith("full beats lora-r32 on held-out perplexity after training by 1.03") for n in notes), notes
     assert any(n.startswith("lora-r32 and lora-r16 are within noise") for n in notes), notes
     assert not any("lora-r32 beats" in n or "lora-r16 beats" in n for n in notes)
@@ -129,9 +131,9 @@ def test_reading_notes_say_within_noise_or_name_the_winner():
 
 def test_one_seed_uses_a_bootstrap_over_held_out_examples(loaded):
     records, _ = loaded
-    notes = " ".join(tables.reading_notes(records))
+    notes = " ".join(lab_notes.reading_notes(records))
     assert "One training seed per run" in notes and "bootstrap over 20 held-out examples" in notes
-    diff = tables.difference(records, "full", "lora-r8", tables.MEASURES["perplexity after"])
+    diff = measures.difference(records, "full", "lora-r8", measures.MEASURES["perplexity after"])
     assert diff.method == "bootstrap" and diff.mean == pytest.approx(3.0 - 4.5, abs=1e-9)
 
 
@@ -143,7 +145,7 @@ def test_memory_frame_and_notes(loaded):
             assert frame.loc[run_id, f"{name} MiB"] == pytest.approx(mib, abs=1e-3)
         assert frame.loc[run_id, "total MiB"] == pytest.approx(sum(cats), abs=1e-2)
         assert frame.loc[run_id, "prediction error %"] == pytest.approx(2.0, abs=0.1)
-    notes = " ".join(tables.reading_notes(records))
+    notes = " ".join(lab_notes.reading_notes(records))
     assert "Full fine-tuning pays 513.0 MiB for gradients and 1.00 GiB for AdamW state" in notes
     assert "lora-r8 pays 9.30 MiB and 18.6 MiB" in notes
     assert "The 4-bit base stores the weights in 170.0 MiB instead of 532.0 MiB" in notes
@@ -162,28 +164,28 @@ def test_generations_frame_base_comes_from_full_precision():
 @pytest.mark.parametrize("n, text", [(999, "999"), (811_000, "811k"), (2_442_240, "2.44M"), (134_515_008, "134.5M"),
                                      (999_999, "1.00M"), (None, "—")])
 def test_format_count(n, text):
-    assert tables.format_count(n) == text
+    assert formatting.format_count(n) == text
 
 
 @pytest.mark.parametrize("n, text", [(512, "512 B"), (1536, "1.50 KiB"), (int(18.7 * MIB), "18.7 MiB"),
                                      (538_091_442, "513.2 MiB"), (2_491_981_824, "2.32 GiB")])
 def test_format_bytes(n, text):
-    assert tables.format_bytes(n) == text
+    assert formatting.format_bytes(n) == text
 
 
 def test_reading_notes_with_all_some_and_no_runs(loaded):
     records, _ = loaded
-    notes = " ".join(tables.reading_notes(records))
+    notes = " ".join(lab_notes.reading_notes(records))
     assert "Lowest mean held-out perplexity after training: full (3.00" in notes
     assert "lora-r8 trains 55.1× fewer parameters" in notes  # 134515008 / 2442240 = 55.08
     assert "QLoRA vs LoRA r16" in notes and "(0.75×)" in notes and "(0.67×)" in notes
     partial = [r for r in records if r["run_id"] in ("lora-r8", "qlora")]
-    notes = " ".join(tables.reading_notes(partial))
+    notes = " ".join(lab_notes.reading_notes(partial))
     assert "Missing from this comparison: full, lora-r16, lora-r32" in notes
     assert "lora-r16 missing" in notes
-    empty = " ".join(tables.reading_notes([]))
+    empty = " ".join(lab_notes.reading_notes([]))
     assert "no valid results" in empty and "01_full_finetune" in empty
-    assert "Cannot compare" in tables.compare_sentence(partial, "qlora", "lora-r16")
+    assert "Cannot compare" in lab_notes.compare_sentence(partial, "qlora", "lora-r16")
 
 
 # ---------------------------------------------------------------- plots
@@ -225,8 +227,8 @@ def test_error_bars_follow_the_intervals():
     ax = fig.axes[3]
     whiskers = [seg for coll in ax.collections for seg in coll.get_segments()]
     spans = sorted(round(float(seg[1][1] - seg[0][1]), 6) for seg in whiskers)
-    expected = sorted(round(2 * tables.interval(r, tables.MEASURES["perplexity after"]).half_width, 6)
-                      for r in tables.by_run(records).values())
+    expected = sorted(round(2 * measures.interval(r, measures.MEASURES["perplexity after"]).half_width, 6)
+                      for r in measures.by_run(records).values())
     assert spans == pytest.approx(expected, abs=1e-6)
 
 

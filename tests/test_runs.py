@@ -111,7 +111,7 @@ def test_a_run_that_ends_worse_is_flagged(lab):
     record = lab.run_seed(absurd, 42)
     assert record["eval"]["perplexity_after"] > record["eval"]["perplexity_before"]
     assert record["status"]["worse_than_before"] is True and "made the model worse" in record["status"]["notes"][0]
-    assert helpers.tables.flagged([record]) == [record] and helpers.tables.usable([record]) == []
+    assert helpers.measures.flagged([record]) == [record] and helpers.measures.usable([record]) == []
 
 
 def test_a_seed_change_leaves_the_held_out_set_identical(lab, tmp_path):
