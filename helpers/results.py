@@ -19,7 +19,8 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 _VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())
 
 RUN_ORDER = ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")  # every table and plot uses this order
-SIDE_FILES = {"human_eval.json", "bench.json", "sweep.json"}  # JSON in a results folder that is not a run
+TIMINGS_FILE = "timings.json"  # notebook wall times (helpers.execute); the reference copy sits beside the runs
+SIDE_FILES = {"human_eval.json", "bench.json", "sweep.json", TIMINGS_FILE}  # JSON in a results folder that is not a run
 # The source files whose code decides a run's numbers: a stored result made by other code is not reused.
 TRAINING_PATH = ("training.py", "specs.py", "evaluation.py", "models.py", "data.py", "sources.py")
 VERSION_KEYS = ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")

@@ -2,23 +2,29 @@
 
 The terminal shows which notebook, which cell of how many, and during training the step, tokens/s and time left
 (written by helpers.training.StepClock to the file named by $LAB_PROGRESS, which this runner follows). The kernel's
-own stderr (library warnings) goes to a log beside the executed notebooks instead of the terminal.
+own stderr (library warnings) goes to a log beside the executed notebooks instead of the terminal. Each notebook's
+wall time goes to timings.json beside them: the durations stated at the top of the notebooks come from such a file
+(the reference copy is notebooks/reference_results/timings.json; tests/test_timings.py keeps the two in agreement).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
+from datetime import date
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from ..environment import results_dir
+from ..environment import PROFILE_ENV, SEEDS_ENV, detect, results_dir
+from ..results import TIMINGS_FILE
 from ..training import PROGRESS_ENV
 
 
@@ -56,6 +62,32 @@ class Follow(threading.Thread):
                     self.stop.wait(0.5)
 
 
+def duration_text(seconds: float) -> str:
+    """How a notebook's first cell states a measured wall time: "under a minute", else whole minutes, rounded."""
+    return "under a minute" if seconds < 60 else f"about {round(seconds / 60)} min"
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_timings(path: Path, timings: list[tuple[str, float]]) -> None:
+    """notebook -> seconds, with what they depend on: the machine, the profile and seeds (from the environment the
+    kernels inherit; unset means each notebook chose its own), the date and the commit. Rewritten after every notebook,
+    so an interrupted run still leaves the finished ones' times."""
+    record = {"notebooks": {name: round(seconds, 1) for name, seconds in timings},
+              "machine": detect().device_name, "profile": os.environ.get(PROFILE_ENV),
+              "seeds": os.environ.get(SEEDS_ENV), "date": date.today().isoformat(), "commit": _commit(),
+              "note": "seconds of wall time per notebook run headless by helpers.execute, kernel start included; a run "
+                      "whose results already existed was skipped, so only a fresh results folder times a whole "
+                      "notebook"}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def execute(paths: list[Path], out_dir: Path, timeout: int = 3600) -> list[tuple[str, float]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = out_dir / "progress.log"
@@ -77,6 +109,7 @@ def execute(paths: list[Path], out_dir: Path, timeout: int = 3600) -> list[tuple
                 finally:  # the executed copy is kept even on failure: it shows the cell that broke
                     nbformat.write(notebook, out_dir / path.name)
                 timings.append((path.name, time.perf_counter() - start))
+                write_timings(out_dir / TIMINGS_FILE, timings)
                 print(f"    done in {timings[-1][1]:.0f} s -> {out_dir / path.name}", flush=True)
     finally:
         follower.stop.set()
@@ -98,7 +131,7 @@ def main() -> int:
         return 1
     print(f"\nAll notebooks ran in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{name.split('_')[0]} {seconds:.0f} s" for name, seconds in timings) + ".")
-    print(f"Executed notebooks: {out}")
+    print(f"Executed notebooks: {out} (wall times: {out / TIMINGS_FILE})")
     print(f"Results JSON:       {results_dir()}")
     figure = results_dir() / "comparison.png"
     if figure.exists():
