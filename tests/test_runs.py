@@ -123,3 +123,28 @@ def test_a_seed_change_leaves_the_held_out_set_identical(lab, tmp_path):
     assert sorted(map(tuple, other.data.train["input_ids"])) == sorted(map(tuple, lab.data.train["input_ids"]))
     assert other.data.fingerprint == lab.data.fingerprint
     assert other.fingerprint(helpers.lora(8), 7) != lab.fingerprint(helpers.lora(8), 42), "but the run is another run"
+
+
+def test_a_students_own_lora_config_runs_through_the_same_path(lab):
+    """An attention-only LoraConfig typed in a cell: trained, measured and recorded like the standard runs, with
+    PEFT's trainable count, and the config the trained model carries is the one the spec shows."""
+    from peft import LoraConfig
+
+    spec = helpers.RunSpec("attn-r8", lora=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    shown = lab.resolve(spec)
+    trainer = lab.trainer(spec)
+    peft_count = trainer.model.get_nb_trainable_parameters()[0]
+    carried = trainer.model.peft_config["default"]
+    assert helpers.specs.config_fields(carried) == helpers.specs.config_fields(shown.lora)
+    assert helpers.specs.show_config(carried) == helpers.specs.show_config(shown.lora)
+    # q_proj: 576 -> 576, v_proj: 576 -> 192 (3 KV heads of 64) in each of SmolLM2's 30 layers
+    assert peft_count == 30 * 8 * ((576 + 576) + (576 + 192))
+    del trainer
+    record = lab.run(spec)[0]
+    assert results.problems(record) == []
+    assert record["run_id"] == "attn-r8" and record["method"] == "lora"
+    assert record["params"]["trainable"] == record["params"]["expected_trainable"] == peft_count
+    assert record["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert record["lora"]["config"] == helpers.specs.config_fields(shown.lora)
+    saved = json.loads((lab.artifact_path(record) / "adapter_config.json").read_text())
+    assert sorted(saved["target_modules"]) == ["q_proj", "v_proj"] and saved["r"] == 8 and saved["lora_alpha"] == 16
