@@ -138,9 +138,21 @@ class LabData:
             lengths = [len(x) for x in ds["input_ids"]]
             return {"examples": len(ds), "tokens": sum(lengths), "target_tokens": target_tokens(ds),
                     "max_length": max(lengths) if lengths else 0}
-        return {"manifest": self.manifest.name, "fingerprint": self.fingerprint,
+        return {"manifest": self.manifest.name, "description": self.manifest.description,
+                "held_out": held_out_rule(self.manifest.split), "fingerprint": self.fingerprint,
                 "template": "chat template" if self.conversational else "### Instruction / ### Response",
                 "train": stats(self.train), "eval": stats(self.eval), "dropped_too_long": self.dropped_too_long}
+
+
+def held_out_rule(split: dict) -> str:
+    """How a manifest's evaluation rows are chosen, in words: the notebooks' prose holds for every dataset only if it
+    prints this instead of assuming one."""
+    if "eval_split" in split:
+        return f"the source's own {split['eval_split']!r} split"
+    share = f"{split['eval_fraction']:.0%}"
+    if split.get("group_by"):
+        return f"{share} by whole {split['group_by']!r} groups: no group appears on both sides"
+    return f"{share} by a stable hash of each row's content"
 
 
 def target_tokens(ds: Dataset) -> int:

@@ -395,7 +395,8 @@ def perplexity_vs_params(records: list[dict], ax: Axes | None = None) -> Axes:
 
 def learning_vs_forgetting(records: list[dict], ax: Axes | None = None) -> Axes:
     """Learning (held-out perplexity after, x) against forgetting (general-text perplexity after, y), each run's mean
-    with its 95% interval; dashed lines mark the base model on both. Down and left is better."""
+    with its 95% interval; dashed lines mark the base model on both, and an arrow joins a 4-bit run to its own 4-bit
+    base. Down and left is better."""
     ax = _new_axes(ax)
     groups = [(run, recs) for run, recs, _ in _groups(records) if any(r.get("forgetting") for r in recs)]
     if not groups:
@@ -409,11 +410,20 @@ def learning_vs_forgetting(records: list[dict], ax: Axes | None = None) -> Axes:
             ax.errorbar([x.mean], [_point(y)], xerr=[[x.mean - x.low], [x.high - x.mean]], fmt="none",
                         ecolor="#222222", elinewidth=1, capsize=3, zorder=4)
     _scatter_runs(ax, points, xlog=False)
+    for run, recs in groups:  # a 4-bit run starts from its own base, not the dashed one: show where it started
+        if recs[0]["method"] == "qlora":
+            start = (_point(interval(recs, MEASURES["perplexity before"])),
+                     _point(interval(recs, MEASURES["general-text before"])))
+            end = next((x, _point(y)) for r, x, y in points if r == run)
+            ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": run_color(run), "lw": 1})
+            ax.scatter(*start, s=60, facecolor="none", edgecolor=run_color(run), zorder=3,
+                       label=f"{run}'s own 4-bit base before training")
     base = next((recs[0] for _, recs in groups if recs[0]["method"] != "qlora"), None)
     if base is not None:
         ax.axvline(base["eval"]["perplexity_before"], color="#888888", linestyle="--", linewidth=1)
         ax.axhline(base["forgetting"]["perplexity_before"], color="#888888", linestyle="--", linewidth=1,
                    label="base model before training")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, frameon=False, loc="best")
     ax.set_xlabel("held-out perplexity after training (learning: lower is better)")
     ax.set_ylabel("general-text perplexity after (forgetting: lower is better)")

@@ -44,8 +44,19 @@ class Profile:
     def learning_rate(self, method: str) -> float:
         return self.learning_rates["lora" if method == "qlora" else method]
 
+    @property
+    def learning_rate_source(self) -> str:
+        """Where the rates came from, for the notebooks to print: only the offline profiles' were swept."""
+        return LEARNING_RATE_SOURCES.get(self.name, "set by hand in this profile")
+
 
 SEED_POOL = (42, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+_SWEPT = "the best of `make sweep` on a validation split (notebooks/reference_results/sweep.json)"
+LEARNING_RATE_SOURCES = {
+    "smoke": "the cpu profile's, unswept at this budget (the smoke profile only tests that the code runs)",
+    "cpu": _SWEPT,
+    "gpu": "common starting points, not yet swept (no GPU here): `python -m helpers.tools.sweep --profile gpu` on a T4",
+}
 
 PROFILES: dict[str, Profile] = {
     # Tests: the real bundled model, a handful of steps, seconds per run.

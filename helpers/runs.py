@@ -239,6 +239,7 @@ class Lab:
             print(f"{label}: already done ({self.result_path(spec.run_id, seed)}), skipped. "
                   "Set FORCE = True to run it again.")
             return done
+        release()  # a trainer a notebook built to inspect and deleted is a reference cycle: free it before measuring
         env, profile, data = self.env, self.profile, self.data
         fingerprint = self.fingerprint(spec, seed)
         checkpoints = self.checkpoint_dir(spec.run_id, seed)
@@ -286,7 +287,8 @@ class Lab:
         tracking.log_record(record, self.report_to, log_dir)
         shutil.rmtree(checkpoints, ignore_errors=True)
         print(f"{label}: perplexity {before['eval']['perplexity']:.2f} -> {after['perplexity']:.2f}, "
-              f"{outcome.tokens_per_second:.0f} tokens/s, peak memory {meter.peak_bytes / 2**20:.0f} MiB -> {path}")
+              f"{outcome.tokens_per_second:.0f} tokens/s, whole-training peak {meter.peak_bytes / 2**20:.0f} MiB "
+              f"(the tables' step peak is one measured step) -> {path}")
         del model, trainer
         release()
         return record

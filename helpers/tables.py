@@ -156,11 +156,13 @@ def memory_frame(records: list[dict]) -> pd.DataFrame:
             row[f"{c} MiB"] = mean(m["categories"][c] / MIB for m in memories if m.get("categories"))
         row["total MiB"] = sum(row[f"{c} MiB"] for c in MEMORY_CATEGORIES)
         row["step peak MiB"] = mean(m.get("step_peak_bytes", 0) / MIB for m in memories)
-        predicted = memories[0].get("predicted") or {}
-        row["predicted total MiB"] = predicted.get("total", 0) / MIB if predicted else None
-        row["predicted peak MiB"] = predicted.get("peak", 0) / MIB if predicted else None
-        if row["predicted total MiB"]:
-            row["prediction error %"] = 100 * (row["predicted total MiB"] / row["total MiB"] - 1)
+        # Each seed's prediction is for its own measured step, so it is compared with that seed, then averaged.
+        paired = [m for m in memories if m.get("predicted") and m.get("categories")]
+        row["predicted total MiB"] = mean(m["predicted"]["total"] / MIB for m in paired) if paired else None
+        row["predicted peak MiB"] = mean(m["predicted"]["peak"] / MIB for m in paired) if paired else None
+        if paired:
+            row["prediction error %"] = mean(
+                100 * (m["predicted"]["total"] / sum(m["categories"][c] for c in MEMORY_CATEGORIES) - 1) for m in paired)
         rows.append(row)
     return LabFrame(pd.DataFrame(rows)).set_index("run") if rows else LabFrame(pd.DataFrame())
 

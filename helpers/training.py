@@ -127,11 +127,11 @@ def sft_settings(spec: RunSpec, profile: Profile, env: Environment, seed: int, o
 REASONS = {
     "max_steps": "the token budget: the same number of optimizer steps for every method",
     "per_device_train_batch_size": "the same examples per step for every method (the profile's batch)",
-    "learning_rate": "per method, from the learning-rate sweep on a validation split (make sweep)",
+    "learning_rate": "per method, from the profile (where its rates came from: printed with the spec)",
     "lr_scheduler_type": "linear decay after warm-up, the same for every method",
     "warmup_steps": "a few steps of rising learning rate, so AdamW's statistics settle before full steps",
     "max_grad_norm": "clip rare large gradients, the same for every method",
-    "weight_decay": "no decay: 30 steps need no regulariser, and LoRA and full would decay different weights",
+    "weight_decay": "no decay: a few hundred steps need no regulariser, and LoRA and full would decay other weights",
     "optim": "plain AdamW for every method, so the optimizer is never a hidden difference",
     "seed": "the training seed: data order and the adapters' initial weights",
     "data_seed": "the data order follows the training seed",

@@ -151,6 +151,17 @@ def test_memory_frame_and_notes(loaded):
     assert "The 4-bit base stores the weights in 170.0 MiB instead of 532.0 MiB" in notes
 
 
+def test_memory_frame_compares_each_seeds_prediction_with_that_seed():
+    """Seeds measure steps of different lengths: a prediction exact for each seed is 0% off, whatever the spread."""
+    def seed(s: int, mib: float) -> dict:
+        categories = {c: int(mib * MIB) if c == "activations" else 0 for c in tables.MEMORY_CATEGORIES}
+        return make_record("lora-r8", seed=s, memory={"categories": categories, "step_peak_bytes": int(mib * MIB),
+                                                      "predicted": {"total": int(mib * MIB), "peak": int(mib * MIB)}})
+    frame = tables.memory_frame([seed(1, 800.0), seed(2, 1200.0), seed(42, 1600.0)])
+    assert frame.loc["lora-r8", "prediction error %"] == pytest.approx(0.0, abs=1e-6)
+    assert frame.loc["lora-r8", "predicted total MiB"] == pytest.approx(1200.0, abs=1e-3)
+
+
 def test_generations_frame_base_comes_from_full_precision():
     records = [make_record("qlora", generations=[{"prompt": "p", "before": "4-bit base", "after": "q"}]),
                make_record("lora-r8", generations=[{"prompt": "p", "before": "fp base", "after": "l"}])]
@@ -253,6 +264,8 @@ def test_figures_survive_missing_and_no_runs(loaded, tmp_path):
         from matplotlib.collections import PathCollection
         offsets = [tuple(map(float, c.get_offsets()[0])) for c in ax.collections if isinstance(c, PathCollection)]
         assert (pytest.approx(3.0), pytest.approx(13.0)) in offsets  # full: learned most, forgot most
+        assert (pytest.approx(7.5), pytest.approx(12.0)) in offsets  # qlora's own 4-bit base, where its arrow starts
+        assert "qlora's own 4-bit base before training" in ax.get_legend_handles_labels()[1]
     finally:
         plt.close("all")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import helpers
-from helpers.data import (IGNORE_INDEX, chunk_text, explain_labels, pad_batch, prepare_data, render_instruction_prompt,
-                          target_tokens, to_example, tokenize)
+from helpers.data import (IGNORE_INDEX, chunk_text, explain_labels, held_out_rule, pad_batch, prepare_data,
+                          render_instruction_prompt, target_tokens, to_example, tokenize)
 from helpers.manifests import ManifestError, all_manifests, load_manifest
 from helpers.sources import load_rows
 
@@ -363,6 +363,8 @@ def test_prepare_data_end_to_end(tmp_path, real_tokenizer):
     assert first.prompt_ids == [real_tokenizer("### Instruction:\nWhat is a test?\n\n### Response:\n").input_ids]
     assert first.conversational is False
     stats = first.describe()
+    assert stats["held_out"] == "30% by a stable hash of each row's content"
+    assert stats["description"] == "test rows"
     assert stats["train"]["examples"] == len(first.train)
     assert stats["eval"]["target_tokens"] == sum(sum(1 for t in lab[1:] if t != IGNORE_INDEX)
                                                  for lab in first.eval["labels"])
@@ -407,3 +409,11 @@ def test_the_cpu_profile_builds_the_data_of_the_reference_results(tmp_path):
     assert (lab.data.fingerprint, len(lab.data.train), len(lab.data.eval), target_tokens(lab.data.eval),
             sum(windows)) == recorded
     assert windows == [n for _, n in records[0]["forgetting"]["per_example_before"]]
+
+
+def test_the_held_out_rule_is_said_for_each_shipped_manifest():
+    """The notebooks print this instead of assuming the offline data: on Colab the gpu profile holds out by hash."""
+    rules = {name: held_out_rule(load_manifest(name).split) for name in ("python_docs", "alpaca_cleaned", "wikitext2")}
+    assert rules["python_docs"] == "10% by whole 'group' groups: no group appears on both sides"
+    assert rules["alpaca_cleaned"] == "5% by a stable hash of each row's content"
+    assert rules["wikitext2"].startswith("the source's own ")
