@@ -14,7 +14,7 @@ from helpers.results import TIMINGS_FILE
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 REFERENCE = json.loads((ROOT / "notebooks" / "reference_results" / TIMINGS_FILE).read_text())
-STATED = re.compile(r"\*Takes (under a minute|about \d+ min) on a 2-core CPU \(`make lab`, one seed\); "
+STATED = re.compile(r"\*Takes (under a minute|about \d+ min) on a 2-core CPU in (\w+) \(`make lab`, one seed\); "
                     r"on a Colab T4: not yet measured\.\*")
 
 
@@ -36,8 +36,9 @@ def test_stated_duration_is_the_measured_one(path):
     first = nbformat.read(path, as_version=4).cells[0].source
     stated = STATED.findall(first)
     expected = execute.duration_text(REFERENCE["notebooks"][path.name])
-    assert stated == [expected], (
-        f"{path.name}: its first cell should say, once, '*Takes {expected} on a 2-core CPU (`make lab`, one seed); "
+    precision = REFERENCE["precision"]
+    assert stated == [(expected, precision)], (
+        f"{path.name}: its first cell should say, once, '*Takes {expected} on a 2-core CPU in {precision} (`make lab`, one seed); "
         f"on a Colab T4: not yet measured.*' (notebooks/reference_results/{TIMINGS_FILE}: "
         f"{REFERENCE['notebooks'][path.name]} s); it says {stated or 'nothing of the kind'}")
     assert "](GLOSSARY.md)" in first, "the first cell links the glossary"
@@ -52,6 +53,7 @@ def test_runner_writes_each_notebooks_seconds_with_the_machine_and_settings(tmp_
     assert written["notebooks"] == {"00_baseline.ipynb": 12.3, "01_full_finetune.ipynb": 136.0}
     assert written["profile"] == "smoke" and written["seeds"] is None
     assert written["machine"] == execute.detect().device_name
+    assert written["precision"] == execute.detect().precision.name
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", written["date"])
 
 

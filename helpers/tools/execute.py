@@ -80,7 +80,8 @@ def write_timings(path: Path, timings: list[tuple[str, float]]) -> None:
     kernels inherit; unset means each notebook chose its own), the date and the commit. Rewritten after every notebook,
     so an interrupted run still leaves the finished ones' times."""
     record = {"notebooks": {name: round(seconds, 1) for name, seconds in timings},
-              "machine": detect().device_name, "profile": os.environ.get(PROFILE_ENV),
+              "machine": detect().device_name, "precision": detect().precision.name,  # a bf16 CPU is much faster
+              "profile": os.environ.get(PROFILE_ENV),
               "seeds": os.environ.get(SEEDS_ENV), "date": date.today().isoformat(), "commit": _commit(),
               "note": "seconds of wall time per notebook run headless by helpers.execute, kernel start included; a run "
                       "whose results already existed was skipped, so only a fresh results folder times a whole "
