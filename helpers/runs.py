@@ -129,6 +129,7 @@ class Lab:
         """On a GPU, refuse before loading anything a run whose predicted peak exceeds the free memory."""
         if self.env.device != "cuda":
             return  # a CPU run swaps or is killed by the OS; its memory is the machine's, not a fixed card's
+        release()  # a trainer a notebook built to inspect and deleted sits in a reference cycle: not free until collected
         free, _ = torch.cuda.mem_get_info()
         preset = get_preset(self.profile.model)
         where = f" on each of {self.parallel.processes} GPUs" if self.parallel.processes > 1 else ""
@@ -239,7 +240,6 @@ class Lab:
             print(f"{label}: already done ({self.result_path(spec.run_id, seed)}), skipped. "
                   "Set FORCE = True to run it again.")
             return done
-        release()  # a trainer a notebook built to inspect and deleted is a reference cycle: free it before measuring
         env, profile, data = self.env, self.profile, self.data
         fingerprint = self.fingerprint(spec, seed)
         checkpoints = self.checkpoint_dir(spec.run_id, seed)

@@ -38,8 +38,8 @@ def test_stated_duration_is_the_measured_one(path):
     expected = execute.duration_text(REFERENCE["notebooks"][path.name])
     precision = REFERENCE["precision"]
     assert stated == [(expected, precision)], (
-        f"{path.name}: its first cell should say, once, '*Takes {expected} on a 2-core CPU in {precision} (`make lab`, one seed); "
-        f"on a Colab T4: not yet measured.*' (notebooks/reference_results/{TIMINGS_FILE}: "
+        f"{path.name}: its first cell should say, once, '*Takes {expected} on a 2-core CPU in {precision} "
+        f"(`make lab`, one seed); on a Colab T4: not yet measured.*' (notebooks/reference_results/{TIMINGS_FILE}: "
         f"{REFERENCE['notebooks'][path.name]} s); it says {stated or 'nothing of the kind'}")
     assert "](GLOSSARY.md)" in first, "the first cell links the glossary"
 

@@ -79,8 +79,9 @@ def write_timings(path: Path, timings: list[tuple[str, float]]) -> None:
     """notebook -> seconds, with what they depend on: the machine, the profile and seeds (from the environment the
     kernels inherit; unset means each notebook chose its own), the date and the commit. Rewritten after every notebook,
     so an interrupted run still leaves the finished ones' times."""
+    env = detect()
     record = {"notebooks": {name: round(seconds, 1) for name, seconds in timings},
-              "machine": detect().device_name, "precision": detect().precision.name,  # a bf16 CPU is much faster
+              "machine": env.device_name, "precision": env.precision.name,  # a bf16 CPU is much faster
               "profile": os.environ.get(PROFILE_ENV),
               "seeds": os.environ.get(SEEDS_ENV), "date": date.today().isoformat(), "commit": _commit(),
               "note": "seconds of wall time per notebook run headless by helpers.execute, kernel start included; a run "
