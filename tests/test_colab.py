@@ -140,7 +140,8 @@ def test_two_runtimes_share_results_through_drive_only(tmp_path):
         after = compare.run(notebook("04_compare.ipynb"))
     assert REFERENCE_SHOWN not in after, after
     assert f"Results folder: {content2 / DRIVE_RESULTS}" in after and "full" in after
-    assert (on_drive / "comparison.png").stat().st_size > 1000, "04 saved its figure beside the results, on Drive"
+    # beside the set it shows (01's MAX_STEPS = 1 run, in its set-<id>/), on Drive
+    assert (found[0].parent / "comparison.png").stat().st_size > 1000, "04 saved its figure beside the results, on Drive"
 
 
 def test_use_drive_false_warns_and_a_missing_pin_goes_to_pip(tmp_path):
