@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .formatting import MIB
 from .results import RUN_ORDER, record_sort_key
-from .statistics import Interval, paired_bootstrap_difference, paired_t, summarize
+from .statistics import Interval, dominated_by, paired_bootstrap_difference, paired_t, summarize
 
 REPEAT_N = 3  # word n-grams for the repetition rate: 3 catches a repeated phrase, not a repeated "of the"
 
@@ -79,6 +79,51 @@ MEASURES: dict[str, Measure] = {
     "tokens/s": Measure("training speed (real tokens/s)", lambda r: r["training"]["tokens_per_second"], False, 0),
     "peak memory MiB": Measure("peak memory of a training step (MiB)", _step_peak_mib, True, 0),
 }
+
+
+# (x, y) of each Pareto panel of notebook 04: what a run bought (y) against what it cost (x). No composite score.
+PARETO_PAIRS = (("peak memory MiB", "perplexity after"), ("tokens/s", "perplexity after"))
+
+
+@dataclass(frozen=True)
+class Domination:
+    """`run` is dominated by `by` on the means. On the measures in `overlapping` their 95% intervals overlap, and on
+    those in `no_interval` one of them has none (one seed): there the dominance is within noise, not established."""
+
+    run: str
+    by: str
+    overlapping: tuple[str, ...]
+    no_interval: tuple[str, ...]
+
+    @property
+    def within_noise(self) -> bool:
+        return bool(self.overlapping or self.no_interval)
+
+
+@dataclass(frozen=True)
+class Frontier:
+    keys: tuple[str, ...]  # MEASURES keys, one per objective
+    intervals: dict[str, tuple[Interval, ...]]  # per run (RUN_ORDER), one per key
+    front: list[str]  # the runs no other run dominates
+    dominated: list[Domination]
+
+
+def pareto(records: list[dict], keys: tuple[str, ...]) -> Frontier:
+    """The Pareto frontier of the runs on the MEASURES `keys`, from their means over usable seeds, and for every
+    dominated run which runs dominate it and whether their intervals tell them apart."""
+    runs = {run: tuple(interval(recs, MEASURES[k]) for k in keys) for run, recs in by_run(usable(records)).items()}
+    runs = {run: found for run, found in runs.items() if None not in found}
+    beaten = dominated_by({run: [i.mean for i in found] for run, found in runs.items()},
+                          [MEASURES[k].lower_is_better for k in keys])
+    dominated = []
+    for run, winners in beaten.items():
+        for by in winners:
+            pairs = list(zip(keys, runs[run], runs[by]))
+            dominated.append(Domination(
+                run, by,
+                overlapping=tuple(k for k, a, b in pairs if "single" not in (a.method, b.method) and a.overlaps(b)),
+                no_interval=tuple(k for k, a, b in pairs if "single" in (a.method, b.method))))
+    return Frontier(tuple(keys), runs, [run for run in runs if run not in beaten], dominated)
 
 
 def usable(records: Iterable[dict]) -> list[dict]:
@@ -154,5 +199,6 @@ def change(run_records: list[dict], before: str, after: str) -> Interval | None:
     return _paired(by_seed, by_seed, MEASURES[after], MEASURES[before])
 
 
-__all__ = ["MEASURES", "Measure", "REPEAT_N", "answer_repetition", "by_run", "change", "difference", "flagged",
-           "interval", "mean", "mean_of", "missing_runs", "repeated_ngram_rate", "usable"]
+__all__ = ["MEASURES", "PARETO_PAIRS", "Domination", "Frontier", "Measure", "REPEAT_N", "answer_repetition", "by_run",
+           "change", "difference", "flagged", "interval", "mean", "mean_of", "missing_runs", "pareto",
+           "repeated_ngram_rate", "usable"]

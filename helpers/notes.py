@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .formatting import decimals_for, format_bytes, format_count, format_interval, format_percent, format_ratio
-from .measures import (MEASURES, by_run, change, difference, flagged, interval, mean, mean_of, missing_runs,
-                       usable)
+from .measures import (MEASURES, PARETO_PAIRS, Frontier, by_run, change, difference, flagged, interval, mean, mean_of,
+                       missing_runs, pareto, usable)
+from .results import Loaded
 from .statistics import Interval, compare_runs
 
 # Which notebook writes which run: a missing run is reported together with how to produce it.
@@ -116,6 +117,23 @@ def loading_report(records: list[dict], left_out: list[tuple[str, str]], directo
         if others:
             lines.append(f"Left out {len(others)} file(s):")
             lines += [f"  {name}: {reason}" for name, reason in others]
+    return "\n".join(lines)
+
+
+def settings_report(loaded: Loaded) -> str:
+    """Which settings set the comparison shows and what else the results folder holds (never mixed in)."""
+    if loaded.shown is None:
+        return "No settings set to compare: no valid run in this folder."
+    lines = [f"Comparing {loaded.shown.describe()}. Only runs made under the same settings (profile, budget, data, "
+             "model) are compared; runs with other settings are listed here, never mixed in."]
+    if loaded.others:
+        lines.append(f"Also in this folder, not compared ({len(loaded.others)} other settings set"
+                     f"{'s' if len(loaded.others) > 1 else ''}):")
+        lines += [f"  {found.describe()}" for found in loaded.others]
+        lines.append(f'To compare one of them instead, set SETTINGS_SET = "{loaded.others[0].id}" (its id) in the '
+                     "parameters cell.")
+    else:
+        lines.append("No other settings set in this folder.")
     return "\n".join(lines)
 
 
@@ -303,6 +321,47 @@ def repetition_notes(records: list[dict]) -> list[str]:
     return notes
 
 
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def pareto_notes(records: list[dict]) -> list[str]:
+    """Per Pareto panel (measures.PARETO_PAIRS): the runs on the frontier, then each dominated run with the runs that
+    dominate it, their means, and "within noise" where their 95% intervals overlap (or one has none) on a measure."""
+    notes = []
+    for keys in PARETO_PAIRS:
+        frontier = pareto(records, keys)
+        if len(frontier.intervals) < 2:
+            continue
+        x, y = keys
+        where = (f"{y} against {x} ({'lower' if MEASURES[x].lower_is_better else 'higher'} is better for {x}, "
+                 f"{'lower' if MEASURES[y].lower_is_better else 'higher'} for {y})")
+        notes.append(f"Pareto frontier of {where}, on the means: {_and(frontier.front)} (no other run is at least as "
+                     f"good on both and better on one).")
+        for run in dict.fromkeys(d.run for d in frontier.dominated):
+            parts = []
+            for d in (d for d in frontier.dominated if d.run == run):
+                means = ", ".join(f"{k} {_mean_text(frontier, d.by, k)} vs {_mean_text(frontier, run, k)}"
+                                  for k in keys)
+                if d.overlapping or d.no_interval:
+                    why = "; ".join(
+                        ([f"the 95% intervals overlap on {_and(list(d.overlapping))}"] if d.overlapping else [])
+                        + ([f"one seed, no interval on {_and(list(d.no_interval))}"] if d.no_interval else []))
+                    parts.append(f"{d.by} ({means}; within noise: {why})")
+                else:
+                    parts.append(f"{d.by} ({means}; beyond noise on both)")
+            notes.append(f"On {y} against {x}, {run} is dominated by " + _and(parts) + ".")
+        if not frontier.dominated:
+            notes.append(f"On {y} against {x}, no run is dominated: none is beaten on both.")
+    return notes
+
+
+def _mean_text(frontier: Frontier, run: str, key: str) -> str:
+    decimals = MEASURES[key].decimals
+    value = frontier.intervals[run][frontier.keys.index(key)].mean
+    return f"{value:.{decimals if decimals is not None else decimals_for(value)}f}"
+
+
 def reading_notes(records: list[dict], directory: Path | str | None = None) -> list[str]:
     """Sentences that read the comparison figure, every number taken from the records, and "A beats B" only when the
     95% interval of the paired difference excludes zero. Each sentence needs only the runs it names."""
@@ -353,8 +412,10 @@ def reading_notes(records: list[dict], directory: Path | str | None = None) -> l
         fast, slow = max(speed, key=lambda r: speed[r].mean), min(speed, key=lambda r: speed[r].mean)
         notes.append(f"Fastest: {fast} ({speed[fast].text(0)} tokens/s); slowest: {slow} ({speed[slow].text(0)} "
                      f"tokens/s), {format_ratio(speed[fast].mean / speed[slow].mean)} apart.")
+    notes += pareto_notes(records)
     return notes
 
 
 __all__ = ["PRODUCED_BY", "change_sentence", "compare_sentence", "direction", "general_text_notes", "loading_report",
-           "reading_notes", "repetition_notes", "verdict", "weights_share", "weights_share_sentence"]
+           "pareto_notes", "reading_notes", "repetition_notes", "settings_report", "verdict", "weights_share",
+           "weights_share_sentence"]

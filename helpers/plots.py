@@ -16,6 +16,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
@@ -23,7 +24,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from .results import RUN_ORDER
 from .statistics import Interval
 from .formatting import MIB, format_count, format_number
-from .measures import MEASURES, by_run, interval, missing_runs, usable
+from .measures import MEASURES, PARETO_PAIRS, by_run, interval, missing_runs, pareto, usable
 from .tables import MEMORY_CATEGORIES
 
 RUN_COLORS: dict[str, str] = {
@@ -432,5 +433,54 @@ def learning_vs_forgetting(records: list[dict], ax: Axes | None = None) -> Axes:
     return ax
 
 
+def _pareto_panel(ax: Axes, records: list[dict], keys: tuple[str, str]) -> Axes:
+    """One Pareto panel: each run's mean with its 95% intervals on both axes, the runs no other run dominates ringed
+    and joined by the frontier line, the dominated ones paler. Dominance is on the means (helpers.measures.pareto)."""
+    x_key, y_key = keys
+    frontier = pareto(records, keys)
+    if not frontier.intervals:
+        return _empty(ax, "no results yet: run notebooks 01–03")
+    points = []
+    for run, (x, y) in frontier.intervals.items():
+        points.append((run, x.mean, y))
+        if x.method != "single":
+            ax.errorbar([x.mean], [y.mean], xerr=[[x.mean - x.low], [x.high - x.mean]], fmt="none", ecolor="#222222",
+                        elinewidth=1, capsize=3, zorder=4)
+    _scatter_runs(ax, points, xlog=False)
+    dominated = {d.run for d in frontier.dominated}
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]  # one per run, in the order drawn
+    for dot, (run, _, _) in zip(dots, points):
+        dot.set_alpha(0.35 if run in dominated else 1.0)
+    front = sorted(frontier.front, key=lambda run: frontier.intervals[run][0].mean)
+    xs = [frontier.intervals[run][0].mean for run in front]
+    ys = [frontier.intervals[run][1].mean for run in front]
+    ax.plot(xs, ys, color="#444444", linestyle="--", linewidth=1, zorder=2, label="Pareto frontier")
+    ax.scatter(xs, ys, s=200, facecolors="none", edgecolors="black", linewidths=1.5, zorder=5,
+               label="not dominated (on the frontier)")
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    better = ("lower" if MEASURES[y_key].lower_is_better else "higher",
+              "left" if MEASURES[x_key].lower_is_better else "right")
+    ax.set_xlabel(MEASURES[x_key].title)
+    ax.set_ylabel(MEASURES[y_key].title)
+    ax.set_title(f"{y_key} vs {x_key}: {better[0]} and to the {better[1]} is better", fontsize=10)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def pareto_figure(records: list[dict], save_to: Path | None = None) -> Figure:
+    """Held-out perplexity after training against step-peak memory and against tokens/s (measures.PARETO_PAIRS), one
+    panel each, the non-dominated runs marked. With save_to, writes the PNG and SVG like comparison_figure."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    for ax, keys in zip(fig.subplots(1, len(PARETO_PAIRS)), PARETO_PAIRS):
+        _pareto_panel(ax, records, keys)
+    if records:
+        fig.suptitle("Pareto frontiers: which runs no other run beats on both axes", fontsize=13, fontweight="bold")
+        fig.supxlabel(_subtitle(records), fontsize=9, color="#444444")
+    if save_to is not None:
+        save_figure(fig, Path(save_to))
+    return fig
+
+
 __all__ = ["CATEGORY_COLORS", "METRICS", "RUN_COLORS", "RUN_ORDER", "comparison_figure", "learning_vs_forgetting",
-           "loss_curves", "memory_panel", "metric_bars", "perplexity_vs_params", "run_color", "save_figure"]
+           "loss_curves", "memory_panel", "metric_bars", "pareto_figure", "perplexity_vs_params", "run_color",
+           "save_figure"]

@@ -6,12 +6,13 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from jsonschema import Draft202012Validator, FormatChecker
 
 from .environment import package_versions
+from .profiles import CELL_NAMES, PROFILES
 
 SCHEMA_PATH = Path(__file__).with_name("results_schema.json")
 SCHEMA_VERSION = 2
@@ -24,6 +25,7 @@ SIDE_FILES = {"human_eval.json", "bench.json", "sweep.json", TIMINGS_FILE}  # JS
 # The source files whose code decides a run's numbers: a stored result made by other code is not reused.
 TRAINING_PATH = ("training.py", "specs.py", "evaluation.py", "models.py", "data.py", "sources.py")
 VERSION_KEYS = ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+SET_PREFIX = "set-"  # set-<id>/: the runs of one settings set other than the profile's standard one, beside them
 
 
 class ResultsError(ValueError):
@@ -32,6 +34,12 @@ class ResultsError(ValueError):
 
 def file_name(run_id: str, seed: int) -> str:
     return f"{run_id}-seed{seed}.json"
+
+
+def profile_settings(profile) -> dict:
+    """A profile's settings that decide a run's numbers: all but its name and training seeds (seeds are the
+    repeats of one experiment, not another experiment)."""
+    return {k: v for k, v in asdict(profile).items() if k not in ("seeds", "name")}
 
 
 def code_version() -> str:
@@ -45,13 +53,65 @@ def digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# ---------------------------------------------------------------- settings sets: which runs compare
+
+def settings_set(profile, data_fingerprint: str) -> dict:
+    """The settings that decide whether two runs compare: profile, its budget and every other setting (model, data,
+    learning rates, ...) and the data actually tokenized. {"id": 8 hex digits, "profile", "standard": the profile's
+    own settings, unchanged, "changed": {setting: value} where they differ}.
+
+    Package versions, device and code are not in it: a run made by other code under the same settings is the same
+    experiment, stale, and redone in place (config_fingerprint decides that)."""
+    mine, default = profile_settings(profile), profile_settings(PROFILES[profile.name])
+    changed = {k: v for k, v in mine.items() if v != default[k]}
+    return {"id": digest(profile.name, mine, data_fingerprint)[:8], "profile": profile.name,
+            "standard": not changed, "changed": changed}
+
+
+def settings_of(record: dict) -> dict:
+    """The settings set a record was made under. A record written before settings sets existed has none: it is taken
+    as made with its profile's settings (what `make lab` uses) except for the budget it records (steps, batch,
+    model, data), which catches the usual demo (a smaller MAX_STEPS)."""
+    if record.get("settings"):
+        return record["settings"]
+    name = record["environment"]["profile"]
+    if name not in PROFILES:
+        return {"id": digest(name, record["data"]["fingerprint"])[:8], "profile": name, "standard": False,
+                "changed": {}}
+    made = replace(PROFILES[name], max_steps=record["training"]["steps"], batch_size=record["training"]["batch_size"],
+                   model=record["model"]["preset"], dataset=record["data"]["manifest"])
+    return settings_set(made, record["data"]["fingerprint"])
+
+
+def describe_settings(settings: dict) -> str:
+    """'profile cpu, standard settings' or 'profile cpu with MAX_STEPS = 2'."""
+    if settings["standard"]:
+        return f"profile {settings['profile']}, standard settings"
+    changed = ", ".join(f"{CELL_NAMES.get(k, k)} = {v!r}" for k, v in settings["changed"].items())
+    return f"profile {settings['profile']} with {changed or 'other settings'}"
+
+
+def run_folder(root: Path, settings: dict, name: str) -> Path:
+    """The folder of the results file `name` of a run under `settings`, inside the results folder `root`: the top
+    level (the names README and the reference set use) for a profile's standard settings, set-<id>/ for any other.
+    A top-level file made under other settings (another profile's standard run, a demo written before settings sets
+    existed) is never replaced: the run goes to set-<id>/ too. A standard run still replaces its own stale file."""
+    if settings["standard"]:
+        try:
+            there = settings_of(read(Path(root) / name))
+        except ResultsError:  # absent or unreadable: nothing to keep (an unreadable file is redone, as ever)
+            there = None
+        if there is None or (there["standard"] and there["profile"] == settings["profile"]):
+            return Path(root)
+    return Path(root) / f"{SET_PREFIX}{settings['id']}"
+
+
 def config_fingerprint(spec, profile, seed: int, env, data_fingerprint: str, layout: tuple = (1, 1, False)) -> str:
     """What decides a run's numbers: spec, seed, budget, data, precision, device, process layout (processes,
     accumulation, sharding), package versions and the code of the training path. A stored result with another
     fingerprint is stale and is run again."""
-    settings = {k: v for k, v in asdict(profile).items() if k not in ("seeds", "name")}
     versions = package_versions()
-    return digest(spec.as_dict(), settings, seed, data_fingerprint, env.precision.name, env.device_name,
+    return digest(spec.as_dict(), profile_settings(profile), seed, data_fingerprint, env.precision.name, env.device_name,
                   {k: versions.get(k) for k in VERSION_KEYS}, code_version(), SCHEMA_VERSION, list(layout))
 
 
@@ -166,7 +226,8 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
     return {
         "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "method": spec.method, "seed": seed,
         "started_at": started_at, "finished_at": finished_at, "config_fingerprint": fingerprint,
-        "code_version": code_version(), "lora": lora, "quantization": quant,
+        "code_version": code_version(), "settings": settings_set(profile, data.fingerprint),
+        "lora": lora, "quantization": quant,
         "model": {"preset": profile.model, "source": "bundled" if profile.model.endswith("-bundled") else "hub",
                   "total_params": total - (trainable if spec.lora else 0)},
         "data": {"manifest": data.manifest.name, "fingerprint": data.fingerprint, "train_examples": len(data.train),
@@ -199,7 +260,8 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
                              if worse else [])},
         "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in
                         zip(data.instructions, before["generations"], generations_after)],
-        # relative to the results folder, so a results folder can be moved or copied (Drive, a USB stick)
+        # relative to the results folder (set-<id>/artifacts/... for a run of other settings), so a results folder can
+        # be moved or copied (Drive, a USB stick)
         "artifact": {"path": artifact[0], "bytes": artifact[1]},
         "environment": {"device": env.device_name, "device_kind": env.device, "dtype": env.precision.name,
                         "profile": profile.name, **{k: versions.get(k) for k in VERSION_KEYS}},
@@ -210,19 +272,98 @@ REFERENCE_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "referenc
 BENCH_FILE = "bench.json"  # written by `make bench`; the committed one is in REFERENCE_DIR
 
 
-def load_or_reference(directory: Path) -> tuple[Path, list[dict], list[tuple[str, str]], str | None]:
-    """(folder read, records, files left out, None) for a folder with results; the committed reference set, with a
-    label saying what it is, when the folder has no valid run at all (a fresh Colab runtime, a new clone)."""
-    records, left_out = load_all(directory)
-    if records or not REFERENCE_DIR.is_dir():
-        return Path(directory), records, left_out, None
-    reference, _ = load_all(REFERENCE_DIR)
-    if not reference:
-        return Path(directory), records, left_out, None
-    first = min(r["finished_at"][:10] for r in reference)
-    label = (f"make lab, profile {reference[0]['environment']['profile']}, {reference[0]['environment']['device']}, "
-             f"{first}, in {REFERENCE_DIR}")
-    return REFERENCE_DIR, reference, left_out, label
+@dataclass(frozen=True)
+class SettingsSet:
+    """The runs of one settings set in a results folder."""
+
+    settings: dict
+    folder: Path  # where its results files are: the results folder itself or its set-<id>/
+    records: tuple[dict, ...]
+
+    @property
+    def id(self) -> str:
+        return self.settings["id"]
+
+    @property
+    def runs(self) -> list[str]:
+        return sorted({r["run_id"] for r in self.records}, key=run_sort_key)
+
+    def describe(self) -> str:
+        """'set 1a2b3c4d (profile cpu with MAX_STEPS = 2): 1 run (lora-r8), 1 results file, in .../set-1a2b3c4d'."""
+        runs, n = self.runs, len(self.records)
+        return (f"set {self.id} ({describe_settings(self.settings)}): {len(runs)} run{'s' if len(runs) > 1 else ''} "
+                f"({', '.join(runs)}), {n} results file{'s' if n > 1 else ''}, in {self.folder}")
+
+
+def _set_order(found: SettingsSet) -> tuple[int, int, bool]:
+    # The set shown by default: the most runs, then the most seeds, then the profile's standard settings (then the
+    # newest, by a first sort); so a short demo beside a full set never takes its place.
+    return (-len(found.runs), -len(found.records), not found.settings["standard"])
+
+
+def load_sets(directory: Path) -> tuple[list[SettingsSet], list[tuple[str, str]]]:
+    """Every valid record in `directory` and its set-<id>/ folders, grouped by settings set (the default one first,
+    see _set_order), and every file left out (named relative to `directory`) with its reason."""
+    directory = Path(directory)
+    folders = [directory] + sorted(p for p in directory.glob(f"{SET_PREFIX}*") if p.is_dir())
+    grouped: dict[str, tuple[dict, dict[Path, list[dict]]]] = {}
+    left_out = []
+    for folder in folders:
+        records, rejected = load_all(folder)
+        left_out += [(str((folder / name).relative_to(directory)), why) for name, why in rejected]
+        for r in records:
+            settings = settings_of(r)
+            grouped.setdefault(settings["id"], (settings, {}))[1].setdefault(folder, []).append(r)
+    sets = []
+    for settings, by_folder in grouped.values():
+        records = sorted((r for recs in by_folder.values() for r in recs), key=record_sort_key)
+        home = max(by_folder, key=lambda f: len(by_folder[f]))
+        sets.append(SettingsSet(settings, home, tuple(records)))
+    newest_first = sorted(sets, key=lambda found: max(r["finished_at"] for r in found.records), reverse=True)
+    return sorted(newest_first, key=_set_order), left_out
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What notebook 04 compares: one settings set, and what else the results folder holds."""
+
+    folder: Path  # the results folder read (artifact paths in the records are relative to it)
+    shown: SettingsSet | None  # the set compared (None: no valid run at all)
+    others: list[SettingsSet]  # the other sets in the folder, never mixed into the comparison
+    left_out: list[tuple[str, str]]
+    reference: str | None  # a label when these are the committed reference results, not the folder's
+
+    @property
+    def records(self) -> list[dict]:
+        return list(self.shown.records) if self.shown else []
+
+    @property
+    def set_folder(self) -> Path:
+        """Where the shown set's own files go (its comparison figure, its ratings)."""
+        return self.shown.folder if self.shown else self.folder
+
+
+def load_or_reference(directory: Path, settings_set_id: str | None = None) -> Loaded:
+    """The runs of one settings set in `directory` (by default the set with the most runs; settings_set_id picks
+    another), with the other sets listed; the committed reference set, labelled, when the folder has no valid run at
+    all (a fresh Colab runtime, a new clone)."""
+    sets, left_out = load_sets(directory)
+    if not sets and REFERENCE_DIR.is_dir():
+        reference, _ = load_sets(REFERENCE_DIR)
+        if reference:
+            records = reference[0].records
+            first = min(r["finished_at"][:10] for r in records)
+            label = (f"make lab, profile {records[0]['environment']['profile']}, {records[0]['environment']['device']}, "
+                     f"{first}, in {REFERENCE_DIR}")
+            return Loaded(REFERENCE_DIR, reference[0], reference[1:], left_out, label)
+    if settings_set_id is not None:
+        chosen = [s for s in sets if s.id == settings_set_id]
+        if not chosen:
+            known = ", ".join(s.id for s in sets) or "none"
+            raise ResultsError(f"SETTINGS_SET = {settings_set_id!r}: no such settings set in {directory} (there: "
+                               f"{known}). Fix: one of those, or None for the set with the most runs")
+        sets = chosen + [s for s in sets if s is not chosen[0]]
+    return Loaded(Path(directory), sets[0] if sets else None, sets[1:], left_out, None)
 
 
 def load_bench(directory: Path | None = None) -> dict | None:

@@ -75,14 +75,24 @@ class Lab:
 
     # ---------------------------------------------------------------- where things live
 
+    @cached_property
+    def settings(self) -> dict:
+        """This lab's settings set (helpers.results.settings_set): runs compare only with runs of the same set."""
+        return results.settings_set(self.profile, self.data.fingerprint)
+
     def result_path(self, run_id: str, seed: int) -> Path:
-        return self.results_dir / results.file_name(run_id, seed)
+        """The results file of (run, seed) under this lab's settings: in the results folder for the profile's standard
+        settings, in its set-<id>/ for others (a MAX_STEPS demo), never over a run made under other settings
+        (helpers.results.run_folder). The run's checkpoints and saved adapter or model go beside it."""
+        name = results.file_name(run_id, seed)
+        return results.run_folder(self.results_dir, self.settings, name) / name
 
     def artifact_path(self, record: dict) -> Path:
         return self.results_dir / record["artifact"]["path"]
 
     def checkpoint_dir(self, run_id: str, seed: int) -> Path:
-        return self.results_dir / "checkpoints" / results.file_name(run_id, seed).removesuffix(".json")
+        path = self.result_path(run_id, seed)
+        return path.parent / "checkpoints" / path.stem
 
     # ---------------------------------------------------------------- measuring
 
@@ -241,6 +251,10 @@ class Lab:
                   "Set FORCE = True to run it again.")
             return done
         env, profile, data = self.env, self.profile, self.data
+        where = self.result_path(spec.run_id, seed).parent  # the checkpoints and the artifact go beside the file
+        if where != self.results_dir:
+            print(f"{label}: settings set {self.settings['id']} ({results.describe_settings(self.settings)}): "
+                  f"written in {where}, beside the results in {self.results_dir}, never over them.")
         fingerprint = self.fingerprint(spec, seed)
         checkpoints = self.checkpoint_dir(spec.run_id, seed)
         if force:
@@ -251,7 +265,7 @@ class Lab:
             before = self.baseline(spec.quantization)  # also checks the forgetting set before any training
         started = _now()
         meter = MemoryMeter(env.device)  # baseline before the model exists: its weights count
-        log_dir = self.results_dir / tracking.LOG_DIR
+        log_dir = where / tracking.LOG_DIR
         with tracking.tracking_environment(self.report_to, log_dir, label):
             trainer = self.trainer(spec, seed)
             model = trainer.model
@@ -271,7 +285,7 @@ class Lab:
         after = self.evaluate(model)
         forgetting_after = self.evaluate_forgetting(model)
         generations_after = self.generate(model)
-        artifact_dir = self.results_dir / "artifacts" / label
+        artifact_dir = where / "artifacts" / label
         artifact_bytes = directory_bytes(write_directory_atomically(artifact_dir, model.save_pretrained))
         expected = trainable
         if spec.lora:
@@ -283,7 +297,7 @@ class Lab:
             memory=memory_block, parallel=self.parallel,
             before=before, after=after, forgetting_after=forgetting_after, generations_after=generations_after,
             artifact=(str(artifact_dir.relative_to(self.results_dir)), artifact_bytes))
-        path = results.write_atomic(record, self.result_path(spec.run_id, seed))
+        path = results.write_atomic(record, where / results.file_name(spec.run_id, seed))
         tracking.log_record(record, self.report_to, log_dir)
         shutil.rmtree(checkpoints, ignore_errors=True)
         print(f"{label}: perplexity {before['eval']['perplexity']:.2f} -> {after['perplexity']:.2f}, "

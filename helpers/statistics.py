@@ -59,6 +59,10 @@ class Interval:
             return False
         return value < self.low or value > self.high
 
+    def overlaps(self, other: "Interval") -> bool:
+        """True when the two intervals share a value: their difference is not established by them alone."""
+        return self.low <= other.high and other.low <= self.high
+
     def text(self, decimals: int = 2) -> str:
         """'15.31 ± 0.42'; '15.31 [14.90, 15.80]' for a bootstrap interval that is visibly asymmetric; '15.31 (n=1)'
         for a single value (printing '± 0.00' would claim a precision nobody measured)."""
@@ -252,6 +256,28 @@ def paired_t(a: Mapping[int, float], b: Mapping[int, float], confidence: float =
         raise ValueError(f"paired_t needs at least 1 seed shared by both runs: a has seeds {sorted(a)}, "
                          f"b has seeds {sorted(b)}")
     return t_interval([a[s] - b[s] for s in shared], confidence)
+
+
+# --- Pareto dominance -------------------------------------------------------------------------------------------------
+
+def dominated_by(points: Mapping[str, Sequence[float]], lower_is_better: Sequence[bool]) -> dict[str, list[str]]:
+    """{name: the names that dominate it} for every dominated point, names in the order given. B dominates A when B is
+    at least as good as A on every objective and better on at least one (compared on the values given, e.g. means):
+    two equal points do not dominate each other. A name missing from the result is on the Pareto frontier."""
+    for name, values in points.items():
+        if len(values) != len(lower_is_better):
+            raise ValueError(f"{name} has {len(values)} values for {len(lower_is_better)} objectives")
+
+    def at_least_as_good(b: Sequence[float], a: Sequence[float]) -> bool:
+        return all(y <= x if low else y >= x for y, x, low in zip(b, a, lower_is_better))
+
+    found: dict[str, list[str]] = {}
+    for name, a in points.items():
+        by = [other for other, b in points.items()
+              if other != name and at_least_as_good(b, a) and any(y != x for y, x in zip(b, a))]
+        if by:
+            found[name] = by
+    return found
 
 
 # --- Summaries and reading notes -------------------------------------------------------------------------------------

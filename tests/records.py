@@ -103,4 +103,6 @@ def make_record(run_id: str, seed: int = 42, **overrides) -> dict:
                         "python": "3.11.7", "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2",
                         "trl": "1.16.0", "bitsandbytes": "0.50.2", "datasets": "5.2.0", "accelerate": "1.15.0"},
     }
-    return results.validate(_merge(record, copy.deepcopy(overrides)))
+    record = _merge(record, copy.deepcopy(overrides))
+    record.setdefault("settings", results.settings_of(record))  # as the lab writes it: the set its settings make
+    return results.validate(record)

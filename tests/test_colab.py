@@ -131,14 +131,17 @@ def test_two_runtimes_share_results_through_drive_only(tmp_path):
         trained = run_notebook(notebook("01_full_finetune.ipynb", MAX_STEPS=1), content1, env1)
         assert colab.NO_GPU_MESSAGE in trained, "a runtime without a GPU says how to get one, and still runs"
         assert f"Results folder: {content1 / DRIVE_RESULTS} (Google Drive)" in trained
-        assert sorted(p.name for p in on_drive.glob("*.json")) == ["full-seed42.json"]
+        # MAX_STEPS = 1 is not the profile's budget: the run goes to its settings set's folder, beside any standard run
+        found = list(on_drive.rglob("*-seed*.json"))
+        assert [p.name for p in found] == ["full-seed42.json"] and found[0].parent.name.startswith(results.SET_PREFIX)
         assert not (content1 / "results").exists() and not (content2 / "results").exists()
         assert pip_calls(content1) == pip_calls(content2) == [], "every pin is installed here: pip is not called"
 
         after = compare.run(notebook("04_compare.ipynb"))
     assert REFERENCE_SHOWN not in after, after
     assert f"Results folder: {content2 / DRIVE_RESULTS}" in after and "full" in after
-    assert (on_drive / "comparison.png").stat().st_size > 1000, "04 saved its figure beside the results, on Drive"
+    # beside the set it shows (01's MAX_STEPS = 1 run, in its set-<id>/), on Drive
+    assert (found[0].parent / "comparison.png").stat().st_size > 1000, "04 saved its figure beside the results, on Drive"
 
 
 def test_use_drive_false_warns_and_a_missing_pin_goes_to_pip(tmp_path):

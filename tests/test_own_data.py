@@ -45,7 +45,11 @@ def test_a_smoke_lora_run_on_the_example_data_writes_a_valid_record(tmp_path):
     assert lab.data.manifest.name == NAME and lab.data.dropped_too_long == 0
     records = lab.run(helpers.lora(8))
     assert len(records) == 1
-    record = results.read(tmp_path / results.file_name("lora-r8", 42))  # schema-checked on reading
+    # other data than the profile's: another settings set, written beside the standard runs (set-<id>/)
+    assert lab.settings["changed"]["dataset"] == NAME
+    path = lab.result_path("lora-r8", 42)
+    assert path == tmp_path / f"set-{lab.settings['id']}" / results.file_name("lora-r8", 42)
+    record = results.read(path)  # schema-checked on reading
     assert record == records[0]
     assert record["data"]["manifest"] == NAME and record["data"]["fingerprint"] == lab.data.fingerprint
     assert record["data"]["train_examples"] == len(lab.data.train)
