@@ -160,6 +160,13 @@ def target_tokens(ds: Dataset) -> int:
     return sum(sum(1 for t in labels[1:] if t != IGNORE_INDEX) for labels in ds["labels"])
 
 
+def longest_examples(ds: Dataset, count: int) -> list[int]:
+    """Indices of the `count` longest examples (the earlier first among equal lengths): the largest batch of `count`
+    examples the data can form, whatever order training draws them in."""
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[:count]
+
+
 def fingerprint(*datasets: Dataset) -> str:
     digest = hashlib.sha256()
     for ds in datasets:

@@ -1,9 +1,15 @@
-"""Token-weighted perplexity on held-out data, and greedy generations for fixed prompts, batched."""
+"""Token-weighted perplexity on held-out data, and greedy generations for fixed prompts, batched.
+
+Perplexity is the lab's instrument, not a method under test: it is computed in fp32 for every run whatever the
+training precision (exact_computation), so two runs differ by their weights only. Generation runs in the training
+precision: its answers are read, not measured, and on a GPU fp32 would make it slower for no reader's gain.
+"""
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -13,12 +19,41 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from .data import IGNORE_INDEX
 from .environment import Precision, heap_reuse
 
+EVALUATION_PRECISION = "fp32"  # what every perplexity is computed in; the results record it
+
 
 def compute_context(device: str, precision: Precision):
-    """The autocast training uses, so before/after numbers are measured in the precision the run computes in."""
+    """The autocast training uses, for generation (perplexity uses exact_computation)."""
     if precision.name == "fp32":
         return nullcontext()
     return torch.autocast(device_type=device, dtype=precision.dtype)
+
+
+def _four_bit_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    # bitsandbytes' Linear4bit keeps these in its own __dict__; PEFT's wrapper around it does not
+    return [m for m in model.modules() if "compute_type_is_set" in vars(m) and hasattr(m, "compute_dtype")]
+
+
+@contextmanager
+def exact_computation(model: torch.nn.Module) -> Iterator[None]:
+    """fp32 throughout: autocast off (also inside a caller's autocast), and each 4-bit layer dequantized into fp32.
+
+    A 4-bit layer ignores autocast: it dequantizes its NF4 weight into its own compute dtype (the training precision,
+    bf16 or fp16 on a GPU) and multiplies there, so without this a QLoRA model would still be evaluated in 16 bits.
+    Both the 4-bit base's "before" and the trained QLoRA model's "after" are measured this way: the same instrument
+    on both sides. The compute dtypes are restored on exit, so training and generation are unchanged.
+    """
+    device = next(model.parameters()).device.type
+    layers = _four_bit_layers(model)
+    saved = [layer.compute_dtype for layer in layers]
+    for layer in layers:
+        layer.compute_dtype = torch.float32
+    try:
+        with torch.autocast(device_type=device, enabled=False):
+            yield
+    finally:
+        for layer, dtype in zip(layers, saved):
+            layer.compute_dtype = dtype
 
 
 @contextmanager
@@ -27,8 +62,8 @@ def cached_weight_casts(model: torch.nn.Module):
 
     autocast caches its low-precision copy of a weight only for leaves that require grad (and never in inference
     mode), so frozen weights (the base under a LoRA adapter, the norms of a 4-bit base) would be cast again for every
-    packed row and every generated token: a quarter of evaluation's time and half of generation's. The flags are
-    restored on exit; the cast values are the ones autocast makes anyway.
+    generated token: half of generation's time. The flags are restored on exit; the cast values are the ones autocast
+    makes anyway.
     """
     frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     for param in frozen:
@@ -83,10 +118,10 @@ def _target_log_probs(model: torch.nn.Module, input_ids: torch.Tensor, position_
     return out, keep
 
 
-@torch.no_grad()  # not inference_mode: autocast's weight cache is off there
-def per_example_nll(model: torch.nn.Module, dataset: Dataset, precision: Precision, max_tokens: int = 2048,
+@torch.no_grad()
+def per_example_nll(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048,
                     pad_id: int = 0) -> list[tuple[float, int]]:
-    """(summed NLL, predicted tokens) of every example, in dataset order.
+    """(summed NLL, predicted tokens) of every example, in dataset order, in fp32 (exact_computation).
 
     Examples are packed without padding exactly as in training (TRL's padding-free collator: position ids restart
     per example, so none attends to another, and each example's first label is masked so none is predicted from the
@@ -99,7 +134,7 @@ def per_example_nll(model: torch.nn.Module, dataset: Dataset, precision: Precisi
     collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)
     found: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     try:
-        with heap_reuse(), cached_weight_casts(model), compute_context(device.type, precision):
+        with heap_reuse(), exact_computation(model):
             for pack in token_batches([len(e["input_ids"]) for e in examples], max_tokens):
                 batch = collate([{"input_ids": examples[i]["input_ids"], "labels": examples[i]["labels"]}
                                  for i in pack])
@@ -115,16 +150,15 @@ def per_example_nll(model: torch.nn.Module, dataset: Dataset, precision: Precisi
     return found
 
 
-def perplexity(model: torch.nn.Module, dataset: Dataset, precision: Precision, max_tokens: int = 2048,
-               pad_id: int = 0) -> dict:
+def perplexity(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048, pad_id: int = 0) -> dict:
     """exp(total NLL / total predicted tokens) over the whole split, with each example's share kept for the bootstrap.
 
     Written by hand because Trainer.evaluate averages per-batch means, which weights a short batch like a long one;
     summing token NLLs makes the result independent of batch size and packing.
     """
-    per_example = per_example_nll(model, dataset, precision, max_tokens, pad_id)
+    per_example = per_example_nll(model, dataset, max_tokens, pad_id)
     result = summarize_nll(sum(n for n, _ in per_example), sum(t for _, t in per_example))
-    return {**result, "per_example": [[round(n, 4), t] for n, t in per_example]}
+    return {**result, "precision": EVALUATION_PRECISION, "per_example": [[round(n, 4), t] for n, t in per_example]}
 
 
 def summarize_nll(total_nll: float, total_tokens: int) -> dict[str, float]:

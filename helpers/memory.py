@@ -1,8 +1,10 @@
 """Training memory: what a run holds, by category, measured the same way on CPU and CUDA, and predicted before
 training from the spec and the architecture.
 
-- MemoryMeter: the whole training's device peak (what the results table reports).
-- StepMemoryProbe: one sampled optimizer step split into weights, gradients, optimizer state, activations, other.
+- MemoryMeter: the device's own peak over every training step (a check on the probe).
+- StepMemoryProbe: one optimizer step split into weights, gradients, optimizer state, activations, other, and its
+  peak; the lab measures it on the largest batch the training data can form (helpers.runs.Lab.largest_batch), so
+  it answers "will it fit, whatever the order?" the same for every method and seed.
 - predict / check_fits: the same categories from the config alone, and a refusal, before any weight is loaded,
   of a run that cannot fit, naming the cheaper choices.
 """
@@ -22,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import psutil
 import torch
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 from .environment import return_freed_memory_to_os
 from .specs import RunSpec, lora, qlora
@@ -194,7 +196,7 @@ def _cpu_peak_above_start(profiler: torch.profiler.profile) -> int:
 
 class _QuietStderr:
     """While the CPU profiler runs, its C++ side writes start/stop lines and an allocator warning straight to file
-    descriptor 2; nothing a student needs, so fd 2 points at /dev/null for the one sampled step."""
+    descriptor 2; nothing a student needs, so fd 2 points at /dev/null for the one measured step."""
 
     def __enter__(self):
         sys.stderr.flush()
@@ -208,41 +210,39 @@ class _QuietStderr:
         os.close(self._null)
 
 
-class StepMemoryProbe(TrainerCallback):
+class StepMemoryProbe:
     """Measures one optimizer step by category: weights, gradients, optimizer state, activations, other, and the step's
-    device peak. By default the second step of the training (the first creates the optimizer state), or the first
-    when only one runs.
+    device peak, plus the tokens of its largest micro-batch.
 
-    The trainer enters `forward()` around its forward pass while `active` is true: activations are the storages
-    autograd saved for backward that are still held at the end of the forward (not weights, not the input batch;
-    autocast's 16-bit weight copies count, the step holds them). Device peak: CUDA's allocator statistics; a CPU has
-    none, so the profiler's allocation events over the step (memory only: no shapes, no stacks) plus the bytes
-    alive at the step's start that can be accounted for (weights, optimizer state, gradients, the batch).
+    The step's runner (helpers.training.LabTrainer.measure_step) calls start() before the step, enters forward()
+    around each micro-batch's forward pass (the loss included), calls before_optimizer_step() and
+    after_optimizer_step() around the optimizer step, and stop() at the end. Activations are the storages autograd
+    saved for backward that are still held at the end of the forward (not weights, not the input batch; autocast's
+    16-bit weight copies count, the step holds them). Device peak: CUDA's allocator statistics; a CPU has none, so
+    the profiler's allocation events over the step (memory only: no shapes, no stacks) plus the bytes alive at the
+    step's start that can be accounted for (weights, optimizer state, gradients, the batch).
     other = step_peak - (weights + optimizer + max(activations, gradients)): PyTorch frees activations while it
     creates gradients, so the step peak is those plus temporaries (logits and their gradients, allocator slack).
     """
 
-    def __init__(self, step: int | None = None):
-        self.step = step  # the global step (1-based) to measure; None: as described above
+    def __init__(self) -> None:
         self.active = False
         self._result: dict[str, int] | None = None
 
     def result(self) -> dict[str, int] | None:
-        """{"weights", "gradients", "optimizer", "activations", "other", "step_peak"} in bytes; None if not measured."""
+        """{"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens"} (bytes; tokens of the
+        largest micro-batch measured); None if not measured."""
         return dict(self._result) if self._result is not None else None
 
-    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if self.step is None:  # fixed at the first step this training runs, so a resumed run is measured too
-            self.step = state.global_step + (2 if state.max_steps - state.global_step >= 2 else 1)
-        if self.active or self._result is not None or state.global_step + 1 != self.step:
-            return
+    def start(self, model: torch.nn.Module, optimizer: Any) -> None:
+        """Before the step: what is resident now (weights, optimizer state, leftover gradients) and the peak's start."""
         self._model = model
         self._device = next(model.parameters()).device
         weights = _weight_storages(model)
         self._weights, self._weight_keys = sum(weights.values()), set(weights)
         # Alive before the step: what a CPU peak adds to the allocations the profiler sees during the step.
         self._resident = {**weights, **_optimizer_storages(optimizer), **_storages(p.grad for p in model.parameters())}
-        self._activations = self._gradients = self._optimizer = 0
+        self._activations = self._gradients = self._optimizer = self._tokens = 0
         self.active = True
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
@@ -255,7 +255,7 @@ class StepMemoryProbe(TrainerCallback):
 
     @contextmanager
     def forward(self) -> Iterator[None]:
-        """Around the sampled step's forward pass (the loss included). A no-op when the probe is not active."""
+        """Around one micro-batch's forward pass (the loss included). A no-op when the probe is not active."""
         if not self.active:
             yield
             return
@@ -263,6 +263,9 @@ class StepMemoryProbe(TrainerCallback):
 
         def note_inputs(module, args, kwargs) -> None:
             inputs.update(_storages([*args, *kwargs.values()]))
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if isinstance(ids, torch.Tensor):
+                self._tokens = max(self._tokens, int(ids.numel()))  # padding-free: one row, every token real
 
         handles: list[weakref.ref[_Saved]] = []
 
@@ -281,13 +284,13 @@ class StepMemoryProbe(TrainerCallback):
         excluded = self._weight_keys | set(inputs)
         # max over forwards: with gradient accumulation each micro-batch's backward frees the previous activations
         self._activations = max(self._activations, sum(n for k, n in saved.items() if k not in excluded))
-        self._resident.update(inputs)  # the batch was fetched before the step began
+        self._resident.update(inputs)  # the batch was made before the step began
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def before_optimizer_step(self, model: torch.nn.Module) -> None:
         if self.active:
             self._gradients = gradient_bytes(model)
 
-    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+    def after_optimizer_step(self, optimizer: Any) -> None:
         if self.active:
             self._optimizer = sum(n for k, n in _optimizer_storages(optimizer).items() if k not in self._weight_keys)
 
@@ -298,9 +301,10 @@ class StepMemoryProbe(TrainerCallback):
             self._quiet.__exit__()
         self.active, self._profiler, self._model, self._resident = False, None, None, None
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def stop(self) -> dict[str, int]:
+        """At the step's end: the result (see result())."""
         if not self.active:
-            return
+            raise RuntimeError("StepMemoryProbe.stop() without start(): no step was measured.")
         self.active = False
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
@@ -312,8 +316,10 @@ class StepMemoryProbe(TrainerCallback):
             self._profiler = None
         tracked = self._weights + self._optimizer + max(self._activations, self._gradients)
         self._result = {"weights": self._weights, "gradients": self._gradients, "optimizer": self._optimizer,
-                        "activations": self._activations, "other": max(0, peak - tracked), "step_peak": int(peak)}
+                        "activations": self._activations, "other": max(0, peak - tracked), "step_peak": int(peak),
+                        "tokens": self._tokens}
         self._model = self._resident = None  # hold no reference to the model or the batch after the step
+        return dict(self._result)
 
 
 # ---- prediction from the config alone ----------------------------------------------------------------------
@@ -393,8 +399,9 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
             qlora_compute: str | None = None) -> dict[str, int]:
     """Bytes one device needs for one training step of `spec`, before any weight is loaded.
 
-    tokens_per_step: tokens one device processes per optimizer step; row_tokens: the packed row's length (the T x T
-    attention mask), by default all of them (the lab packs a step's examples into one row). processes K with
+    tokens_per_step: tokens one device processes in one micro-batch (the lab passes its largest batch's,
+    helpers.runs.Lab.largest_batch_tokens, the batch its runs measure); row_tokens: the packed row's length (the T x T
+    attention mask), by default all of them (the lab packs a micro-batch's examples into one row). processes K with
     sharded=True (FSDP full shard): weights, gradients and optimizer state divided by K. targets: the LoRA layer
     names when spec.lora.target_modules is None (the preset's lora_targets). qlora_compute: the 4-bit compute dtype,
     by default the precision (helpers.models.bnb_config). Trainable weights are fp32, the optimizer AdamW.

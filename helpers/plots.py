@@ -207,7 +207,7 @@ def memory_panel(ax: Axes, records: list[dict]) -> Axes:
     ax.scatter(xs, [_point(p) for p in peaks], marker="_", s=500, color="black", linewidths=2, zorder=5,
                label="measured step peak")
     _error_bars(ax, xs, peaks)
-    # The prediction of each seed's sampled step (its tokens differ by seed), averaged like the measured peak beside it.
+    # The prediction for the measured batch (the same for every seed), averaged like the measured peak beside it.
     predicted = [[p["peak"] for r in recs if (p := (r.get("memory") or {}).get("predicted"))] for _, recs, _ in groups]
     predicted = [sum(p) / len(p) if p else None for p in predicted]
     if any(predicted):

@@ -249,7 +249,7 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
                      else profile.batch_size,
                      "log": outcome.log},
         "memory": memory,
-        "eval": {"tokens": after["tokens"], "loss_before": eb["loss"], "perplexity_before": eb["perplexity"],
+        "eval": {"precision": after["precision"], "tokens": after["tokens"], "loss_before": eb["loss"], "perplexity_before": eb["perplexity"],
                  "bits_per_token_before": eb["bits_per_token"], "loss_after": after["loss"],
                  "perplexity_after": after["perplexity"], "bits_per_token_after": after["bits_per_token"],
                  "per_example_before": eb["per_example"], "per_example_after": after["per_example"]},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from trl import SFTConfig
 
 from . import baseline, memory, profiles, results, specs, tracking
-from .data import LabData, prepare_data, prepare_text
+from .data import LabData, longest_examples, prepare_data, prepare_text
 from .environment import Environment, Parallel, detect, launched_parallel, results_dir, write_directory_atomically
 from .evaluation import generate, perplexity
 from .memory import MemoryMeter, release
@@ -105,14 +106,12 @@ class Lab:
     def evaluate(self, model: torch.nn.Module, examples: int | None = None) -> dict:
         """Held-out perplexity; examples=N: over the first N held-out examples only (a quick check)."""
         dataset = self.data.eval if examples is None else self.data.eval.select(range(min(examples, len(self.data.eval))))
-        return perplexity(model, dataset, self.env.precision, self.profile.eval_batch_tokens,
-                          self.tokenizer.pad_token_id)
+        return perplexity(model, dataset, self.profile.eval_batch_tokens, self.tokenizer.pad_token_id)
 
     def evaluate_forgetting(self, model: torch.nn.Module) -> dict | None:
         if self.forgetting_set is None:
             return None
-        return perplexity(model, self.forgetting_set, self.env.precision, self.profile.eval_batch_tokens,
-                          self.tokenizer.pad_token_id)
+        return perplexity(model, self.forgetting_set, self.profile.eval_batch_tokens, self.tokenizer.pad_token_id)
 
     def generate(self, model: torch.nn.Module, prompts: int | None = None, tokens: int | None = None) -> list[str]:
         """Greedy answers to the profile's fixed prompts (prompts=N: the first N only; tokens=N: at most N new tokens
@@ -120,20 +119,29 @@ class Lab:
         return generate(model, self.tokenizer, self.data.prompt_ids[:prompts], tokens or self.profile.generation_tokens,
                         self.env.precision)
 
-    def tokens_per_step(self) -> int:
-        """Tokens in an average optimizer step: batch_size examples of the training set's mean length."""
-        lengths = [len(x) for x in self.data.train["input_ids"]]
-        return round(self.profile.batch_size * sum(lengths) / len(lengths))
+    def largest_batch(self, processes: int | None = None) -> list[int]:
+        """The training examples of the largest micro-batch the data can form: one device's share of a step
+        (batch_size / (processes x accumulation) examples), the longest ones. The same for every method and seed,
+        so the memory measured and predicted on it answers "will it fit, whatever the order?". processes: for that
+        many processes sharing each step (default: this session's layout)."""
+        layout = replace(self.parallel, processes=processes or self.parallel.processes)
+        return longest_examples(self.data.train, layout.per_device_batch(self.profile.batch_size))
+
+    def largest_batch_tokens(self, processes: int | None = None) -> int:
+        """Tokens of largest_batch(): the sum of its examples' lengths (padding-free, they form one row)."""
+        lengths = self.data.train.select(self.largest_batch(processes))["input_ids"]
+        return sum(len(ids) for ids in lengths)
 
     def predict_memory(self, spec: RunSpec, tokens: int | None = None, processes: int = 1,
                        sharded: bool = False) -> dict[str, int]:
-        """Bytes one training step of `spec` needs on this device, by category, from the spec and the architecture."""
+        """Bytes one training step of `spec` needs on one device, by category, from the spec and the architecture.
+        tokens: one device's micro-batch; by default the largest batch's (largest_batch_tokens), which the run
+        measures too. processes, sharded: for another layout than this session's (FSDP with sharded=True)."""
         processes = processes if processes > 1 else self.parallel.processes
         sharded = sharded or self.parallel.fsdp
-        per_device = (tokens or self.tokens_per_step()) // (processes * self.parallel.accumulation)
+        tokens = tokens or self.largest_batch_tokens(processes)
         return memory.predict(load_config(self.profile.model), spec, self.env.precision.name, self.env.device,
-                              max(1, per_device), processes, sharded,
-                              targets=get_preset(self.profile.model).lora_targets)
+                              tokens, processes, sharded, targets=get_preset(self.profile.model).lora_targets)
 
     def check_fits(self, spec: RunSpec) -> None:
         """On a GPU, refuse before loading anything a run whose predicted peak exceeds the free memory."""
@@ -145,7 +153,7 @@ class Lab:
         where = f" on each of {self.parallel.processes} GPUs" if self.parallel.processes > 1 else ""
         memory.check_fits(self.predict_memory(spec), free, f"{spec.run_id} ({spec.method} of {preset.hub_id or preset.name}{where})",
                           memory.cheaper_choices(load_config(self.profile.model), preset.lora_targets,
-                                                 self.env.precision.name, self.env.device, self.tokens_per_step()))
+                                                 self.env.precision.name, self.env.device, self.largest_batch_tokens()))
 
     def baseline(self, quantization=None) -> dict:
         """The base model's numbers before training, computed once per profile and read back afterwards."""
@@ -212,24 +220,21 @@ class Lab:
         from accelerate import PartialState
         return PartialState().main_process_first()
 
-    def _memory_block(self, spec: RunSpec, probe, meter: MemoryMeter, trainer) -> dict:
-        """The measured categories of the sampled step (per device: this process's; every process's in
-        per_process), the prediction for that step's tokens, and the device's own peak over the whole training
-        (labelled: CUDA max allocated and reserved, or CPU RSS sampled)."""
-        measured = probe.result()
+    def _memory_block(self, spec: RunSpec, measured: dict[str, int], examples: list[int], meter: MemoryMeter) -> dict:
+        """The categories and step peak measured on the largest batch (per device: this process's; every
+        process's in per_process), which batch that was, the prediction for the same tokens, and as a check the
+        device's own peak over every training step (labelled: CUDA max allocated and reserved, or CPU RSS sampled)."""
         block = {"device_peak_bytes": meter.peak_bytes, "device_peak_kind": meter.kind,
-                 "device_reserved_bytes": meter.reserved}
+                 "device_reserved_bytes": meter.reserved,
+                 "categories": {c: measured[c] for c in memory.CATEGORIES}, "step_peak_bytes": measured["step_peak"],
+                 "measured_batch": {"train_indices": examples, "tokens": measured["tokens"],
+                                    "micro_batches": self.parallel.accumulation},
+                 "predicted": self.predict_memory(spec, measured["tokens"])}
         if self.parallel.processes > 1:
             from accelerate.utils import gather_object
             block["per_process"] = gather_object([{"rank": self.parallel.rank, "device_peak_bytes": meter.peak_bytes,
-                                                   "categories": measured}])
-        if measured is not None:
-            step = next((s for s in trainer.steps if s.step == probe.step), None)
-            tokens = step.tokens if step is not None else self.tokens_per_step()
-            block.update({"categories": {c: measured[c] for c in memory.CATEGORIES},
-                          "step_peak_bytes": measured["step_peak"], "sampled_step": probe.step,
-                          "sampled_step_tokens": tokens,
-                          "predicted": self.predict_memory(spec, tokens)})
+                                                   "step_peak_bytes": measured["step_peak"],
+                                                   "categories": {c: measured[c] for c in memory.CATEGORIES}}])
         return block
 
     def run(self, spec: RunSpec, force: bool = False) -> list[dict]:
@@ -269,15 +274,14 @@ class Lab:
         with tracking.tracking_environment(self.report_to, log_dir, label):
             trainer = self.trainer(spec, seed)
             model = trainer.model
-            probe = memory.StepMemoryProbe()
-            trainer.probe = probe
-            trainer.add_callback(probe)
             trainable, total = model.get_nb_trainable_parameters() if spec.lora else parameter_count(model)
             if resume is not None:
                 print(f"{label}: resuming from the checkpoint at step {resume.name.split('-')[-1]} ({resume})")
             with meter.measure():  # training only: loading transients and evaluation are not the method's cost
                 outcome = train(trainer, resume)
-        memory_block = self._memory_block(spec, probe, meter, trainer)  # every process takes part
+            largest = self.largest_batch()
+            measured = trainer.measure_step(largest, memory.StepMemoryProbe())  # every process steps
+        memory_block = self._memory_block(spec, measured, largest, meter)  # every process takes part (gather)
         if not self.parallel.is_main:  # one results file per run, written once, by the main process
             del model, trainer
             release()

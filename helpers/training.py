@@ -24,6 +24,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from peft import prepare_model_for_kbit_training
@@ -178,7 +179,6 @@ class StepRecord:
     forward_backward: float  # seconds in forward + backward
     data: float  # seconds between the previous step's end and this step's forward
     warmup: bool  # the first step of a process pays for lazy initialisation: left out of the throughput
-    profiled: bool = False  # the memory probe's step runs under the profiler: left out of the throughput too
 
 
 CHECKPOINT_DONE = "lab_checkpoint.json"  # written last: a checkpoint folder without it is incomplete and ignored
@@ -187,13 +187,13 @@ CHECKPOINT_DONE = "lab_checkpoint.json"  # written last: a checkpoint folder wit
 class LabTrainer(SFTTrainer):
     """SFTTrainer plus what none of the libraries records: the tokens each optimizer step really trained (counted
     from the batch the model saw, not from what the data loader fetched ahead), time per step, a stop on NaN,
-    checkpoints that count only once complete, and an optional memory probe of one step."""
+    checkpoints that count only once complete, and one more step after training, measured for memory."""
 
     def __init__(self, *args, fingerprint: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.fingerprint = fingerprint
         self.steps: list[StepRecord] = []
-        self.probe = None  # a helpers.memory.StepMemoryProbe, measuring one sampled step
+        self.probe = None  # a helpers.memory.StepMemoryProbe while measure_step runs
         self._pending = [0, 0, 0.0]  # tokens, targets, forward+backward seconds of the step being accumulated
         self._last_end: float | None = None
         self._fetched: float | None = None
@@ -230,13 +230,53 @@ class LabTrainer(SFTTrainer):
         end = time.perf_counter()
         last = self._last_end if self._last_end is not None else end
         data = max(0.0, (self._fetched or last) - last)
-        profiled = self.probe is not None and self.probe.step == self.state.global_step
         record = StepRecord(self.state.global_step, end - last, self._pending[0], self._pending[1], self._pending[2],
-                            data, warmup=self._closed_here == 0, profiled=profiled)
+                            data, warmup=self._closed_here == 0)
         self.steps.append(record)
         self._closed_here += 1
         self._pending, self._last_end, self._fetched = [0, 0, 0.0], end, None
         return record
+
+    def measure_step(self, examples: Sequence[int], probe) -> dict[str, int]:
+        """One more optimizer step, after training, with the training examples `examples` as every micro-batch,
+        measured by `probe` (a helpers.memory.StepMemoryProbe); its result.
+
+        It runs what Trainer's loop runs for a step: forward and backward of each micro-batch (all but the last
+        without gradient sync), gradient clipping, the optimizer step, zero_grad. After training, because the
+        optimizer state then exists as in every step after the first (AdamW creates it in the first), and because a
+        step placed in training would change the data order or the updates. It changes nothing the run keeps: the
+        trainable weights are copied to the CPU before and written back after, the RNG is forked (dropout), the
+        learning-rate schedule is not stepped, and no step record, token or second is counted. The optimizer state
+        it updates is not kept: a run saves its model, and its checkpoints are already written.
+        """
+        model = self.model_wrapped  # what the training loop steps (DDP/FSDP wrapped when distributed)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        kept = [p.detach().to("cpu", copy=True) for p in trainable]
+        batch = self.data_collator([self.train_dataset[i] for i in examples])
+        micro_batches = [batch] * self.args.gradient_accumulation_steps
+        num_items = self._get_num_items_in_batch(micro_batches, self.args.device)  # the loop's loss normaliser
+        cuda = [self.args.device] if self.args.device.type == "cuda" else []
+        self.probe = probe
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                probe.start(self.model, self.optimizer)
+                for k, inputs in enumerate(micro_batches):
+                    last = k == len(micro_batches) - 1
+                    with nullcontext() if last else self.accelerator.no_sync(model):
+                        super().training_step(model, inputs, num_items)  # not counted as training
+                if self.args.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+                probe.before_optimizer_step(self.model)
+                self.optimizer.step()
+                probe.after_optimizer_step(self.optimizer)
+                model.zero_grad()
+                return probe.stop()
+        finally:
+            probe.close()  # stops the CPU profiler if the step raised
+            self.probe = None
+            with torch.no_grad():
+                for param, saved in zip(trainable, kept):
+                    param.copy_(saved)
 
     def _save_checkpoint(self, model, trial):
         """The library's checkpoint, then a completion marker with this run's step records; only then the older
@@ -314,8 +354,8 @@ class StepClock(TrainerCallback):
 
 
 def _timed(steps: list[StepRecord]) -> list[StepRecord]:
-    """The steps throughput is measured on: not the warm-up, not the profiled one (all steps when none is left)."""
-    return [s for s in steps if not (s.warmup or s.profiled)] or steps
+    """The steps throughput is measured on: not the warm-up (all steps when none is left)."""
+    return [s for s in steps if not s.warmup] or steps
 
 
 def _rate(steps: list[StepRecord]) -> tuple[float, float]:
@@ -330,7 +370,7 @@ class TrainingOutcome:
     steps: int
     tokens: int  # real tokens trained, all steps
     target_tokens: int  # completion tokens predicted, all steps
-    seconds: float  # the timed steps: not the first, not the profiled one (the same steps as tokens_per_second)
+    seconds: float  # the timed steps: not the first (the same steps as tokens_per_second)
     tokens_per_second: float
     seconds_total: float  # wall time of trainer.train(), warm-up step and checkpoint saves included
     optimizer: str
@@ -367,11 +407,7 @@ def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutco
     if resume_from is not None:
         trainer.resume_records(resume_from)
     start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        if trainer.probe is not None:
-            trainer.probe.close()  # stops the CPU profiler if the sampled step raised
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     total = time.perf_counter() - start
     steps = trainer.steps
     trainer.sync_counts()

@@ -9,9 +9,10 @@ import torch
 from datasets import Dataset
 
 from helpers.environment import choose_precision
-from helpers.evaluation import per_example_nll, perplexity, summarize_nll, token_batches
+from helpers.evaluation import (cached_weight_casts, compute_context, per_example_nll, perplexity, summarize_nll,
+                                token_batches)
 
-FP32 = choose_precision("cpu")
+BF16 = choose_precision("cpu", native_bf16=True)  # an AMX CPU's or an A100's training precision
 
 PAD = 2  # like SmolLM2: the pad id is also a real token (EOS) that appears in the labels
 
@@ -59,7 +60,7 @@ LENGTHS = [5, 17, 9, 30, 3, 12, 24, 7, 19, 11]  # different lengths: batches of 
 def test_perplexity_equals_hand_computation(tiny_llama):
     examples = make_examples(LENGTHS)
     loss, count = token_weighted(hand_nll(tiny_llama, examples))
-    got = perplexity(tiny_llama, Dataset.from_list(examples), FP32, max_tokens=1, pad_id=PAD)
+    got = perplexity(tiny_llama, Dataset.from_list(examples), max_tokens=1, pad_id=PAD)
     assert got["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
     assert got["loss"] == pytest.approx(loss, rel=1e-5)
     # the value is not trivially "uniform over 128 tokens"
@@ -72,7 +73,7 @@ def test_tokens_counts_labels_after_the_shift(tiny_llama):
     # the first label never counts (nothing predicts it); here prompts already mask it, so add one unmasked
     examples.append({"input_ids": [5, 6, 7, PAD], "labels": [5, 6, 7, PAD]})
     expected += 3
-    got = perplexity(tiny_llama, Dataset.from_list(examples), FP32, max_tokens=40, pad_id=PAD)
+    got = perplexity(tiny_llama, Dataset.from_list(examples), max_tokens=40, pad_id=PAD)
     assert got["tokens"] == expected
     assert got["tokens"] == token_weighted(hand_nll(tiny_llama, examples))[1]
 
@@ -81,8 +82,8 @@ def test_packing_does_not_change_the_result(tiny_llama):
     examples = make_examples(LENGTHS)
     assert len({len(e["input_ids"]) for e in examples}) == len(examples)  # packs of different shapes
     ds = Dataset.from_list(examples)
-    one = perplexity(tiny_llama, ds, FP32, max_tokens=1, pad_id=PAD)
-    eight = perplexity(tiny_llama, ds, FP32, max_tokens=4096, pad_id=PAD)
+    one = perplexity(tiny_llama, ds, max_tokens=1, pad_id=PAD)
+    eight = perplexity(tiny_llama, ds, max_tokens=4096, pad_id=PAD)
     assert eight["perplexity"] == pytest.approx(one["perplexity"], abs=1e-4)
     assert eight["tokens"] == one["tokens"]
     loss, _ = token_weighted(hand_nll(tiny_llama, examples))
@@ -90,7 +91,7 @@ def test_packing_does_not_change_the_result(tiny_llama):
 
 
 def test_bits_per_token_is_loss_over_ln2(tiny_llama):
-    got = perplexity(tiny_llama, Dataset.from_list(make_examples(LENGTHS)), FP32, max_tokens=4096, pad_id=PAD)
+    got = perplexity(tiny_llama, Dataset.from_list(make_examples(LENGTHS)), max_tokens=4096, pad_id=PAD)
     assert got["bits_per_token"] == pytest.approx(got["loss"] / math.log(2), rel=1e-12)
     assert got["perplexity"] == pytest.approx(math.exp(got["loss"]), rel=1e-12)
 
@@ -121,7 +122,7 @@ def test_token_weighted_not_mean_of_per_example_means(tiny_llama):
 
     # one example per pack too: there an average of per-batch means would be the mean of per-example means
     for max_tokens in (1, 4096):
-        got = perplexity(tiny_llama, Dataset.from_list(examples), FP32, max_tokens=max_tokens, pad_id=PAD)
+        got = perplexity(tiny_llama, Dataset.from_list(examples), max_tokens=max_tokens, pad_id=PAD)
         assert got["loss"] == pytest.approx(weighted, rel=1e-5)
         assert got["perplexity"] == pytest.approx(math.exp(weighted), rel=1e-5)
         assert got["loss"] != pytest.approx(mean_of_means, rel=1e-2)
@@ -129,17 +130,17 @@ def test_token_weighted_not_mean_of_per_example_means(tiny_llama):
 
 def test_perplexity_restores_training_mode(tiny_llama):
     tiny_llama.train()
-    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), FP32, max_tokens=12, pad_id=PAD)
+    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), max_tokens=12, pad_id=PAD)
     assert tiny_llama.training is True
     tiny_llama.eval()
-    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), FP32, max_tokens=12, pad_id=PAD)
+    perplexity(tiny_llama, Dataset.from_list(make_examples([4, 6])), max_tokens=12, pad_id=PAD)
     assert tiny_llama.training is False
 
 
 def test_all_labels_masked_raises(tiny_llama):
     examples = [{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}]
     with pytest.raises(ValueError, match="-100"):
-        perplexity(tiny_llama, Dataset.from_list(examples), FP32, pad_id=PAD)
+        perplexity(tiny_llama, Dataset.from_list(examples), pad_id=PAD)
 
 
 def test_summarize_nll_values():
@@ -157,7 +158,7 @@ def test_per_example_shares_match_each_example_alone_in_dataset_order(tiny_llama
     examples = make_examples(LENGTHS)
     hand = hand_nll(tiny_llama, examples)
     for max_tokens in (1, 30, 4096):
-        got = per_example_nll(tiny_llama, Dataset.from_list(examples), FP32, max_tokens, PAD)
+        got = per_example_nll(tiny_llama, Dataset.from_list(examples), max_tokens, PAD)
         assert [t for _, t in got] == [c for _, c in hand]
         assert [n for n, _ in got] == pytest.approx([n for n, _ in hand], rel=1e-5)
 
@@ -169,27 +170,66 @@ def test_token_batches_respect_the_budget_and_keep_every_example():
     assert all(sum(lengths[i] for i in p) <= 32 or len(p) == 1 for p in packs)
 
 
-def test_frozen_weights_are_cast_once_per_evaluation_with_the_same_result(tiny_llama, monkeypatch):
-    """autocast re-casts a frozen weight for every packed row unless cached_weight_casts marks it; the cached cast
-    must give the very same numbers, and leave the weights frozen."""
-    import helpers.evaluation as evaluation
+def test_frozen_weights_are_cast_once_per_block_with_the_same_result(tiny_llama):
+    """Generation runs under the training precision's autocast, which re-casts a frozen weight for every forward
+    (every generated token) unless cached_weight_casts marks it; the cached cast must give the very same numbers,
+    and leave the weights frozen."""
     from torch.profiler import ProfilerActivity, profile
 
-    bf16 = choose_precision("cpu", native_bf16=True)
     for param in tiny_llama.parameters():
         param.requires_grad_(False)
-    data = Dataset.from_list(make_examples(LENGTHS))
+    tiny_llama.eval()
+    rows = [torch.tensor([e["input_ids"]]) for e in make_examples(LENGTHS)]
 
-    def run():
+    @torch.no_grad()
+    def run(cache):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            got = per_example_nll(tiny_llama, data, bf16, max_tokens=1, pad_id=PAD)  # one example per pack
+            with cache(tiny_llama), compute_context("cpu", BF16):
+                got = [tiny_llama(input_ids=row).logits for row in rows]
         casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
         return got, casts
 
-    cached, cached_casts = run()
-    monkeypatch.setattr(evaluation, "cached_weight_casts", lambda model: nullcontext())
-    uncached, uncached_casts = run()
-    assert cached == uncached
+    cached, cached_casts = run(cached_weight_casts)
+    uncached, uncached_casts = run(lambda model: nullcontext())
+    assert all(torch.equal(a, b) for a, b in zip(cached, uncached))
     weights = sum(1 for p in tiny_llama.parameters() if p.dim() == 2)
-    assert uncached_casts - cached_casts >= weights * (len(LENGTHS) - 1) - len(LENGTHS)  # cast per pack vs once
+    assert uncached_casts - cached_casts >= weights * (len(LENGTHS) - 1) - len(LENGTHS)  # cast per row vs once
     assert not any(p.requires_grad for p in tiny_llama.parameters())
+
+
+def test_perplexity_is_fp32_inside_a_callers_autocast(tiny_llama):
+    """The instrument does not take the training precision: called under bf16 autocast (a training loop, a sweep), it
+    still equals the fp32 hand computation, and says so."""
+    examples = make_examples(LENGTHS)
+    loss, _ = token_weighted(hand_nll(tiny_llama, examples))
+    with compute_context("cpu", BF16):
+        got = perplexity(tiny_llama, Dataset.from_list(examples), max_tokens=4096, pad_id=PAD)
+    assert got["loss"] == pytest.approx(loss, rel=1e-5) and got["precision"] == "fp32"
+
+
+def test_a_4bit_model_is_evaluated_with_fp32_dequantized_weights(tmp_path):
+    """A 4-bit layer ignores autocast and computes in its own compute dtype (bf16 on an A100): evaluation
+    dequantizes into fp32 instead, so the QLoRA "before" and "after" are exact, and leaves the compute dtype as it was
+    for training and generation."""
+    from conftest import make_tiny_llama
+    from transformers import AutoModelForCausalLM
+
+    from helpers.evaluation import _four_bit_layers
+    from helpers.models import bnb_config, keep_4bit_layers_trainable
+
+    make_tiny_llama().save_pretrained(tmp_path)
+    model = keep_4bit_layers_trainable(AutoModelForCausalLM.from_pretrained(  # as load_model loads it
+        tmp_path, quantization_config=bnb_config("nf4", True, torch.bfloat16), device_map={"": "cpu"},
+        dtype=torch.float32))
+    layers = _four_bit_layers(model)
+    assert layers and {layer.compute_dtype for layer in layers} == {torch.bfloat16}
+    examples = make_examples(LENGTHS)
+    got = perplexity(model, Dataset.from_list(examples), max_tokens=4096, pad_id=PAD)
+    assert {layer.compute_dtype for layer in layers} == {torch.bfloat16}, "restored for training and generation"
+    in_bf16, _ = token_weighted(hand_nll(model, examples))
+    for layer in layers:
+        layer.compute_dtype = torch.float32
+    exact, _ = token_weighted(hand_nll(model, examples))
+    # a random tiny model's logits are nearly uniform, so bf16 moves its loss by only ~1e-5: a tight bound
+    assert got["loss"] == pytest.approx(exact, rel=1e-6)
+    assert in_bf16 != pytest.approx(exact, rel=1e-6), "the case separates the two: bf16 compute is not exact"

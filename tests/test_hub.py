@@ -224,7 +224,7 @@ def test_a_notebook_on_a_t4_refuses_gpt_neo_full_fine_tuning_before_loading(monk
                                   precision=choose_precision("cuda", (7, 5)))
     monkeypatch.setattr(runs, "load_config", lambda name: gpt_neo_config())
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (T4_FREE, int(15.8e9)))
-    monkeypatch.setattr(runs.Lab, "tokens_per_step", lambda self: T4_TOKENS)
+    monkeypatch.setattr(runs.Lab, "largest_batch_tokens", lambda self, processes=None: T4_TOKENS)
     with pytest.raises(memory.MemoryFitError, match=r"EleutherAI/gpt-neo-1\.3B.*QLoRA \(helpers\.qlora\(16\)\)"):
         lab.check_fits(helpers.full())
     lab.check_fits(helpers.qlora(16))

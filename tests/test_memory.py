@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama, tiny_llama_config
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerState
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from helpers.memory import (MemoryFitError, StepMemoryProbe, cheaper_choices, check_fits, gradient_bytes, predict,
                             weight_bytes)
@@ -40,24 +40,25 @@ def packed_batch(vocab: int, rows: int, length: int) -> dict[str, torch.Tensor]:
 
 
 def measured_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Two optimizer steps with the probe's hooks in Trainer's order; the probe measures the second."""
+    """Two optimizer steps (the first creates AdamW's state); the probe brackets the second as
+    LabTrainer.measure_step does."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     probe = StepMemoryProbe()
     for done in range(2):
-        state = TrainerState(global_step=done, max_steps=2)
-        probe.on_step_begin(None, state, None, model=model, optimizer=optimizer)
+        if done == 1:
+            probe.start(model, optimizer)
         assert probe.active == (done == 1)
-        with probe.forward():
+        with probe.forward():  # a no-op while the probe is not active
             loss = model(**batch).loss
         loss.backward()
-        probe.on_pre_optimizer_step(None, state, None, model=model, optimizer=optimizer)
+        probe.before_optimizer_step(model)
         optimizer.step()
-        probe.on_optimizer_step(None, state, None, model=model, optimizer=optimizer)
+        probe.after_optimizer_step(optimizer)
         model.zero_grad()
         del loss
-        probe.on_step_end(None, state, None, model=model, optimizer=optimizer)
-    assert not probe.active
-    return probe.result()
+    result = probe.stop()
+    assert not probe.active and result == probe.result()
+    return result
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,7 +83,8 @@ def measured() -> dict[str, tuple[dict, torch.nn.Module]]:
 
 def test_categories_add_up_to_the_step_peak_and_explain_it(measured):
     for method, (m, _) in measured.items():
-        assert set(m) == {"weights", "gradients", "optimizer", "activations", "other", "step_peak"}
+        assert set(m) == {"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens"}
+        assert m["tokens"] == 4 * 128, "the packed row's tokens, as the forward saw them"
         tracked = m["weights"] + m["optimizer"] + max(m["activations"], m["gradients"])
         assert tracked <= m["step_peak"], (method, m)  # "other" was not clamped at 0: the sum is exact
         assert tracked + m["other"] == m["step_peak"]
@@ -120,42 +122,10 @@ def test_prediction_matches_the_measured_step(measured):
         assert abs(p["activations"] - m["activations"]) <= 0.05 * m["activations"], (method, p, m)
 
 
-def test_probe_inside_a_real_trainer(tmp_path):
-    """transformers.Trainer calls the hooks; compute_loss enters probe.forward() as LabTrainer does."""
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
-
-    probe = StepMemoryProbe()
-
-    class ProbedTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            with probe.forward():
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    model = make_tiny_llama()
-    ids = torch.randint(0, tiny_llama_config().vocab_size, (8, 32), generator=torch.Generator().manual_seed(0))
-    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, use_cpu=True,
-                             report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True)
-    trainer = ProbedTrainer(model=model, args=args, train_dataset=data, callbacks=[probe])
-    trainer.train()
-    m = probe.result()
-    n = sum(p.numel() for p in model.parameters())
-    assert probe.step == 2 and not probe.active
-    assert m["weights"] == weight_bytes(model) == 4 * n + sum(b.untyped_storage().nbytes() for b in model.buffers())
-    assert m["gradients"] == 4 * n
-    assert m["optimizer"] == 8 * n + 4 * len(list(model.parameters()))
-    assert m["activations"] > 0 and m["step_peak"] >= m["weights"] + m["optimizer"] + m["gradients"]
-
-
-def test_a_single_step_training_measures_step_one():
-    probe = StepMemoryProbe()
-    model, state = make_tiny_llama(), TrainerState(global_step=0, max_steps=1)
-    probe.on_step_begin(None, state, None, model=model, optimizer=torch.optim.AdamW(model.parameters()))
-    assert probe.active and probe.step == 1
-    probe.on_step_end(None, state, None)  # no forward ran: nothing saved, no gradients
-    assert probe.result()["activations"] == probe.result()["gradients"] == 0 and not probe.active
+def test_a_probe_stopped_without_a_step_says_so():
     assert StepMemoryProbe().result() is None
+    with pytest.raises(RuntimeError, match="no step was measured"):
+        StepMemoryProbe().stop()
 
 
 TINYLLAMA = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,

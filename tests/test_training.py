@@ -209,25 +209,42 @@ def test_throughput_leaves_out_the_warmup_step():
     assert _rate(steps) == (200.0, 2.0)
     resumed = steps + [StepRecord(4, 5.0, 100, 50, 4.0, 0.0, True), StepRecord(5, 2.0, 100, 50, 1.9, 0.0, False)]
     assert _rate(resumed) == (500 / 4.0, 4.0), "a resumed process's first step is warm-up too"
-    profiled = steps + [StepRecord(4, 9.0, 100, 50, 8.0, 0.0, False, profiled=True)]
-    assert _rate(profiled) == (200.0, 2.0), "the memory probe's step runs under the profiler: not a training speed"
 
 
-def test_checkpoint_saves_and_the_profiled_step_are_not_training_time(tiny_llama, real_tokenizer, tmp_path,
-                                                                       monkeypatch):
-    from helpers import memory
+def test_checkpoint_saves_are_not_training_time(tiny_llama, real_tokenizer, tmp_path, monkeypatch):
     from transformers.trainer_utils import SaveStrategy
     trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, EXAMPLES, steps=3)
     trainer.args.save_strategy, trainer.args.save_steps = SaveStrategy.STEPS, 1
-    probe = memory.StepMemoryProbe()
-    trainer.probe = probe
-    trainer.add_callback(probe)
     library_save = SFTTrainer._save_checkpoint  # what LabTrainer._save_checkpoint calls first: a slow disk, say
     monkeypatch.setattr(SFTTrainer, "_save_checkpoint", lambda self, *a: (time.sleep(1.0), library_save(self, *a)))
     trainer.train()
-    steps = trainer.steps
-    assert [s.profiled for s in steps] == [s.step == probe.step for s in steps] and any(s.profiled for s in steps)
-    assert all(s.seconds < 1.0 for s in steps), "a 1 s checkpoint save counted in no step's time"
+    assert all(s.seconds < 1.0 for s in trainer.steps), "a 1 s checkpoint save counted in no step's time"
+
+
+def test_the_measured_step_runs_on_the_given_examples_and_leaves_the_run_as_it_was(tiny_llama, real_tokenizer,
+                                                                                 tmp_path):
+    """LabTrainer.measure_step after training: a whole optimizer step (AdamW's state exists, gradients are made and
+    freed) on exactly the examples given, while the trained weights, the RNG, the step records and the schedule stay
+    what training left."""
+    from helpers import memory
+    trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, EXAMPLES, steps=2)
+    outcome = train(trainer)
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    records, lr, rng = list(trainer.steps), trainer.lr_scheduler.get_last_lr(), torch.get_rng_state()
+    for group in trainer.optimizer.param_groups:  # the schedule ends at 0: a rate that would move the weights
+        group["lr"] = 1e-2
+    largest = data.longest_examples(trainer.train_dataset, 2)
+    assert largest == [1, 0]
+    measured = trainer.measure_step(largest, memory.StepMemoryProbe())
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in trainable)
+    assert measured["tokens"] == len(EXAMPLES[1]["input_ids"]) + len(EXAMPLES[0]["input_ids"])
+    assert measured["gradients"] == 4 * n and measured["optimizer"] == 8 * n + 4 * len(trainable)
+    assert measured["activations"] > 0 and measured["step_peak"] >= measured["weights"] + measured["optimizer"]
+    assert all(torch.equal(p, weights[name]) for name, p in trainer.model.named_parameters()), "weights changed"
+    assert all(p.grad is None for p in trainer.model.parameters()) and trainer.probe is None
+    assert trainer.steps == records and trainer.lr_scheduler.get_last_lr() == lr
+    assert torch.equal(torch.get_rng_state(), rng) and outcome.steps == trainer.state.global_step == 2
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(tiny_llama, real_tokenizer, tmp_path):

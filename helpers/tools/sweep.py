@@ -44,8 +44,7 @@ def one_point(lab: Lab, spec: RunSpec, learning_rate: float, seed: int) -> dict:
         trainer = make_trainer(model, spec, profile, lab.env, lab.data.train, lab.tokenizer, seed, Path(scratch),
                                f"{spec.run_id} lr={learning_rate:g}")
         outcome = train(trainer)
-        found = perplexity(trainer.model, lab.data.validation, lab.env.precision, profile.eval_batch_tokens,
-                           lab.tokenizer.pad_token_id)
+        found = perplexity(trainer.model, lab.data.validation, profile.eval_batch_tokens, lab.tokenizer.pad_token_id)
     del model, trainer
     release()
     return {"run_id": spec.run_id, "method": spec.method, "rank": spec.lora.r if spec.lora else None,
