@@ -63,6 +63,12 @@ def _forgetting(key: str) -> Callable[[dict], object]:
     return lambda r: (r.get("forgetting") or {}).get(key)
 
 
+def _speed(r: dict) -> float:
+    """The median step's rate (robust to a burst of load on the machine); the mean rate in records made before it."""
+    t = r["training"]
+    return t.get("tokens_per_second_median", t["tokens_per_second"])
+
+
 MEASURES: dict[str, Measure] = {
     "perplexity before": Measure("held-out perplexity before training", lambda r: r["eval"]["perplexity_before"], True,
                                  2, lambda r: r["eval"].get("per_example_before")),
@@ -76,7 +82,7 @@ MEASURES: dict[str, Measure] = {
                                          lambda r: answer_repetition(r, "before"), True, 0),
     "repeated 3-grams % after": Measure("repeated word 3-grams in the answers after training (%)",
                                         lambda r: answer_repetition(r, "after"), True, 0),
-    "tokens/s": Measure("training speed (real tokens/s)", lambda r: r["training"]["tokens_per_second"], False, 0),
+    "tokens/s": Measure("training speed (real tokens/s, median step)", _speed, False, 0),
     "peak memory MiB": Measure("peak memory of a training step (MiB)", _step_peak_mib, True, 0),
 }
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from trl import SFTConfig
@@ -237,14 +238,20 @@ class Lab:
                                                    "categories": {c: measured[c] for c in memory.CATEGORIES}}])
         return block
 
-    def run(self, spec: RunSpec, force: bool = False) -> list[dict]:
-        """Every training seed of the profile for this spec (one results file each); finished ones are skipped.
-        A spec that cannot run on this model is refused here, before anything is loaded or written."""
-        check(spec)
+    def run(self, spec: RunSpec | Sequence[RunSpec], force: bool = False) -> list[dict]:
+        """Every training seed of the profile for this spec, or for each of several specs (one results file each);
+        finished ones are skipped. Every spec is checked, and one that cannot run on this model refused, before
+        anything is loaded or written. Several specs run interleaved, seed by seed (every spec's first seed, then
+        every spec's second): a machine whose speed varies over minutes then slows every method alike, not whichever
+        ran last. The records come back spec by spec."""
+        runs = list(spec) if isinstance(spec, (list, tuple)) else [spec]  # anything else: check() says what it takes
+        for one in runs:
+            check(one)
+            specs.check_targets_for_model(one, self.profile.model)
         force = profiles.check_flag("FORCE", force)
-        specs.check_targets_for_model(spec, self.profile.model)
-        done = [self.run_seed(spec, seed, force) for seed in self.seeds]
-        return [r for r in done if r is not None]  # other processes of a distributed run return None
+        done = {(i, seed): self.run_seed(one, seed, force) for seed in self.seeds for i, one in enumerate(runs)}
+        return [r for (i, seed), r in sorted(done.items(), key=lambda item: (item[0][0], self.seeds.index(item[0][1])))
+                if r is not None]  # other processes of a distributed run return None
 
     def run_seed(self, spec: RunSpec, seed: int, force: bool = False) -> dict | None:
         """Build, train, evaluate, save, record one (spec, seed). Skipped when a matching result exists. In a

@@ -281,7 +281,7 @@ def check(spec: RunSpec) -> RunSpec:
     """Every setting a student can type wrong, refused before any model is loaded, with the fix."""
     if not isinstance(spec, RunSpec):
         raise SpecError(f"lab.run({spec!r}): takes a run spec, not {type(spec).__name__}. Fix: "
-                        "lab.run(helpers.lora(16)) (or helpers.full(), helpers.qlora(16); for a list: for spec in specs: lab.run(spec))")
+                        "lab.run(helpers.lora(16)) (or helpers.full(), helpers.qlora(16); several: lab.run([spec, ...]))")
     if not isinstance(spec.run_id, str) or not RUN_ID.fullmatch(spec.run_id):
         raise SpecError(f"run spec {spec.run_id!r}: run_id names the results file, so it must be letters, digits, "
                         "'.', '-' or '_' (no spaces or slashes). Fix: e.g. run_id=\"lora-r16-lr2e-4\"")

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -365,6 +366,12 @@ def _rate(steps: list[StepRecord]) -> tuple[float, float]:
     return (sum(s.tokens for s in timed) / seconds if seconds > 0 else 0.0), seconds
 
 
+def _median_rate(steps: list[StepRecord]) -> float:
+    """Real tokens/s of the median step."""
+    rates = [s.tokens / s.seconds for s in steps if s.seconds > 0]
+    return statistics.median(rates) if rates else 0.0
+
+
 @dataclass
 class TrainingOutcome:
     steps: int
@@ -372,6 +379,9 @@ class TrainingOutcome:
     target_tokens: int  # completion tokens predicted, all steps
     seconds: float  # the timed steps: not the first (the same steps as tokens_per_second)
     tokens_per_second: float
+    # The median step's rate: a burst of load on a shared machine (a few slow steps) moves the mean, not the median.
+    # Fair across methods because a seed fixes the data order, so every method sees the same steps.
+    tokens_per_second_median: float
     seconds_total: float  # wall time of trainer.train(), warm-up step and checkpoint saves included
     optimizer: str
     learning_rate: float
@@ -421,7 +431,8 @@ def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutco
     optim = trainer.args.optim
     return TrainingOutcome(
         steps=trainer.state.global_step, tokens=sum(s.tokens for s in steps), target_tokens=sum(s.targets for s in steps),
-        seconds=seconds, tokens_per_second=rate, seconds_total=total, optimizer=getattr(optim, "value", str(optim)),
+        seconds=seconds, tokens_per_second=rate, tokens_per_second_median=_median_rate(timed), seconds_total=total,
+        optimizer=getattr(optim, "value", str(optim)),
         learning_rate=trainer.args.learning_rate, gradient_checkpointing=bool(trainer.args.activation_checkpointing),
         loss_head=trainer.loss_head,
         trainable_dtypes=sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters()

@@ -190,8 +190,10 @@ def fp32_perplexity(model: torch.nn.Module, dataset) -> float:
 
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory):
-    """A smoke LoRA run on the bf16 path (an AMX CPU's or an A100's precision; emulated on a CPU without bf16)."""
-    bf16_lab = helpers.Lab("smoke", results=tmp_path_factory.mktemp("bf16"))
+    """A smoke LoRA run on the bf16 path (an AMX CPU's or an A100's precision; emulated on a CPU without bf16, where
+    one step of one example takes ~30 s: hence one step, one example, no answers; the evaluation is the full smoke one)."""
+    bf16_lab = helpers.Lab("smoke", results=tmp_path_factory.mktemp("bf16"), max_steps=1, batch_size=1,
+                           generation_prompts=0)
     bf16_lab.env = dataclasses.replace(bf16_lab.env, precision=choose_precision("cpu", native_bf16=True))
     return bf16_lab, bf16_lab.run(helpers.lora(8))[0]
 
