@@ -82,7 +82,7 @@ MEASURES: dict[str, Measure] = {
                                          lambda r: answer_repetition(r, "before"), True, 0),
     "repeated 3-grams % after": Measure("repeated word 3-grams in the answers after training (%)",
                                         lambda r: answer_repetition(r, "after"), True, 0),
-    "tokens/s": Measure("training speed (real tokens/s, median step)", _speed, False, 0),
+    "tokens/s": Measure("training speed (real tokens/s)", _speed, False, 0),
     "peak memory MiB": Measure("peak memory of a training step (MiB)", _step_peak_mib, True, 0),
 }
 

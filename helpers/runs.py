@@ -312,7 +312,7 @@ class Lab:
         tracking.log_record(record, self.report_to, log_dir)
         shutil.rmtree(checkpoints, ignore_errors=True)
         print(f"{label}: perplexity {before['eval']['perplexity']:.2f} -> {after['perplexity']:.2f}, "
-              f"{outcome.tokens_per_second:.0f} tokens/s, whole-training peak {meter.peak_bytes / 2**20:.0f} MiB "
+              f"{outcome.tokens_per_second_median:.0f} tokens/s (median step), whole-training peak {meter.peak_bytes / 2**20:.0f} MiB "
               f"(the tables' step peak is one measured step) -> {path}")
         del model, trainer
         release()
