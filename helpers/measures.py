@@ -93,17 +93,18 @@ PARETO_PAIRS = (("peak memory MiB", "perplexity after"), ("tokens/s", "perplexit
 
 @dataclass(frozen=True)
 class Domination:
-    """`run` is dominated by `by` on the means. On the measures in `overlapping` their 95% intervals overlap, and on
-    those in `no_interval` one of them has none (one seed): there the dominance is within noise, not established."""
+    """`run` is dominated by `by` on the means. On the measures in `unresolved` the 95% interval of their paired
+    difference (the same test as every "beats" of the reading notes) includes zero, and on those in `no_interval` it
+    has none (one seed, no per-example data): there the dominance is within noise, not established."""
 
     run: str
     by: str
-    overlapping: tuple[str, ...]
+    unresolved: tuple[str, ...]
     no_interval: tuple[str, ...]
 
     @property
     def within_noise(self) -> bool:
-        return bool(self.overlapping or self.no_interval)
+        return bool(self.unresolved or self.no_interval)
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,14 @@ def pareto(records: list[dict], keys: tuple[str, ...]) -> Frontier:
     dominated = []
     for run, winners in beaten.items():
         for by in winners:
-            pairs = list(zip(keys, runs[run], runs[by]))
+            # Paired (same seeds, same held-out examples), as every other verdict: two runs' own intervals can overlap
+            # while their paired difference clearly excludes zero.
+            diffs = {k: difference(records, by, run, MEASURES[k]) for k in keys}
             dominated.append(Domination(
                 run, by,
-                overlapping=tuple(k for k, a, b in pairs if "single" not in (a.method, b.method) and a.overlaps(b)),
-                no_interval=tuple(k for k, a, b in pairs if "single" in (a.method, b.method))))
+                unresolved=tuple(k for k, d in diffs.items() if d is not None and d.method != "single"
+                                 and not d.excludes(0.0)),
+                no_interval=tuple(k for k, d in diffs.items() if d is None or d.method == "single")))
     return Frontier(tuple(keys), runs, [run for run in runs if run not in beaten], dominated)
 
 

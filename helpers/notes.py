@@ -327,7 +327,8 @@ def _and(names: list[str]) -> str:
 
 def pareto_notes(records: list[dict]) -> list[str]:
     """Per Pareto panel (measures.PARETO_PAIRS): the runs on the frontier, then each dominated run with the runs that
-    dominate it, their means, and "within noise" where their 95% intervals overlap (or one has none) on a measure."""
+    dominate it, their means, and "within noise" where the 95% interval of their paired difference includes zero (or
+    there is none) on a measure."""
     notes = []
     for keys in PARETO_PAIRS:
         frontier = pareto(records, keys)
@@ -343,9 +344,10 @@ def pareto_notes(records: list[dict]) -> list[str]:
             for d in (d for d in frontier.dominated if d.run == run):
                 means = ", ".join(f"{k} {_mean_text(frontier, d.by, k)} vs {_mean_text(frontier, run, k)}"
                                   for k in keys)
-                if d.overlapping or d.no_interval:
+                if d.unresolved or d.no_interval:
                     why = "; ".join(
-                        ([f"the 95% intervals overlap on {_and(list(d.overlapping))}"] if d.overlapping else [])
+                        ([f"the paired difference's 95% interval includes 0 on {_and(list(d.unresolved))}"]
+                         if d.unresolved else [])
                         + ([f"one seed, no interval on {_and(list(d.no_interval))}"] if d.no_interval else []))
                     parts.append(f"{d.by} ({means}; within noise: {why})")
                 else:
