@@ -250,8 +250,8 @@ class Lab:
             specs.check_targets_for_model(one, self.profile.model)
         force = profiles.check_flag("FORCE", force)
         done = {(i, seed): self.run_seed(one, seed, force) for seed in self.seeds for i, one in enumerate(runs)}
-        return [r for (i, seed), r in sorted(done.items(), key=lambda item: (item[0][0], self.seeds.index(item[0][1])))
-                if r is not None]  # other processes of a distributed run return None
+        records = (done[(i, seed)] for i in range(len(runs)) for seed in self.seeds)  # back in spec order
+        return [r for r in records if r is not None]  # other processes of a distributed run return None
 
     def run_seed(self, spec: RunSpec, seed: int, force: bool = False) -> dict | None:
         """Build, train, evaluate, save, record one (spec, seed). Skipped when a matching result exists. In a
@@ -312,7 +312,8 @@ class Lab:
         tracking.log_record(record, self.report_to, log_dir)
         shutil.rmtree(checkpoints, ignore_errors=True)
         print(f"{label}: perplexity {before['eval']['perplexity']:.2f} -> {after['perplexity']:.2f}, "
-              f"{outcome.tokens_per_second_median:.0f} tokens/s (median step), whole-training peak {meter.peak_bytes / 2**20:.0f} MiB "
+              f"{outcome.tokens_per_second_median:.0f} tokens/s (median step), "
+              f"whole-training peak {meter.peak_bytes / 2**20:.0f} MiB "
               f"(the tables' step peak is one measured step) -> {path}")
         del model, trainer
         release()

@@ -156,7 +156,8 @@ def memory_frame(records: list[dict]) -> pd.DataFrame:
             row[f"{c} MiB"] = mean(m["categories"][c] / MIB for m in memories if m.get("categories"))
         row["total MiB"] = sum(row[f"{c} MiB"] for c in MEMORY_CATEGORIES)
         row["step peak MiB"] = mean(m.get("step_peak_bytes", 0) / MIB for m in memories)
-        # The prediction is for the measured batch (the same for every seed); each seed's is compared with that seed's measurement.
+        # The prediction is for the measured batch (the same for every seed); each seed's prediction is compared with
+        # that seed's measurement.
         paired = [m for m in memories if m.get("predicted") and m.get("categories")]
         row["predicted total MiB"] = mean(m["predicted"]["total"] / MIB for m in paired) if paired else None
         row["predicted peak MiB"] = mean(m["predicted"]["peak"] / MIB for m in paired) if paired else None

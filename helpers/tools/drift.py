@@ -25,13 +25,8 @@ SPECS = {"full": full, "lora-r8": lambda: lora(8), "lora-r16": lambda: lora(16),
 
 def trend(rates: list[float]) -> dict[str, float]:
     """last / first, and the least-squares slope per repeat as a percentage of the mean."""
-    n = len(rates)
-    mean = statistics.fmean(rates)
-    xs = range(n)
-    x_mean = (n - 1) / 2
-    spread = sum((x - x_mean) ** 2 for x in xs)
-    slope = sum((x - x_mean) * (r - mean) for x, r in zip(xs, rates)) / spread if n > 1 else 0.0
-    return {"last / first": rates[-1] / rates[0], "slope % per repeat": 100 * slope / mean}
+    slope = statistics.linear_regression(range(len(rates)), rates).slope if len(rates) > 1 else 0.0
+    return {"last / first": rates[-1] / rates[0], "slope % per repeat": 100 * slope / statistics.fmean(rates)}
 
 
 def main(argv: list[str] | None = None) -> None:
