@@ -78,7 +78,15 @@ class Environment:
     def describe(self) -> str:
         where = "Google Colab" if self.in_colab else "local machine"
         hub = "offline (bundled model and data only)" if self.hub_offline else "Hub allowed"
-        return f"{where} | {self.device_name} | precision {self.precision.name} | {hub}"
+        return f"{where} | {self.device_name} | precision {self.precision.name} | {torch_build()} | {hub}"
+
+
+def torch_build() -> str:
+    """'torch 2.13.0+cpu, no CUDA' or 'torch 2.8.0+cu126, CUDA 12.6': the torch this process runs and the CUDA it was
+    built for. requirements.txt pins no torch (Colab keeps the CUDA build its image brings), so this is the one
+    version of the stack a Colab run does not choose."""
+    cuda = torch.version.cuda
+    return f"torch {torch.__version__}, " + (f"CUDA {cuda}" if cuda else "no CUDA")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Training memory: what a run holds, by category, measured the same way on CPU and CUDA, and predicted before
 training from the spec and the architecture.
 
-- MemoryMeter: the device's own peak over every training step (a check on the probe).
+- MemoryMeter: the device's own peak over every training step (a check on the probe); on CUDA a probe's reset of
+  the allocator's peak inside the meter's block does not lose the steps before it (reset_cuda_peak).
 - StepMemoryProbe: one optimizer step split into weights, gradients, optimizer state, activations, other, and its
   peak; the lab measures it on the largest batch the training data can form (helpers.runs.Lab.largest_batch), so
   it answers "will it fit, whatever the order?" the same for every method and seed.
@@ -43,13 +44,28 @@ def release() -> None:
     return_freed_memory_to_os()
 
 
+_MEASURING: set[MemoryMeter] = set()  # CUDA meters inside their measure() block
+
+
+def reset_cuda_peak(device: torch.device | None = None) -> None:
+    """Reset CUDA's peak statistics, which are one counter per device for the whole process, without losing a peak:
+    every MemoryMeter measuring now takes the peak so far first. Every reset in the lab goes through here."""
+    torch.cuda.synchronize(device)
+    for meter in list(_MEASURING):
+        meter._take_cuda_peak()
+    torch.cuda.reset_peak_memory_stats(device)
+
+
 class MemoryMeter:
     """Whole-training device peak, above what the process held when the meter started.
 
     CUDA: the allocator's max_memory_allocated (tensors) and max_memory_reserved (what the allocator took from the
-    GPU, the figure nvidia-smi is closer to), reset at each measured block. CPU: RSS sampled every 20 ms by a
-    thread (ru_maxrss would be the process's lifetime peak, i.e. an earlier run's); no reserved figure.
-    Only blocks under `measure()` count, so loading transients and evaluation do not inflate a method's cost.
+    GPU, the figure nvidia-smi is closer to), reset at each measured block; a reset inside the block (a
+    StepMemoryProbe, another meter) first hands this meter the peak so far, so every step counts. Optimizer state
+    in managed memory (a paged bitsandbytes optimizer) is invisible to both: the probe reports it on its own.
+    CPU: RSS sampled every 20 ms by a thread (ru_maxrss would be the process's lifetime peak, i.e. an earlier
+    run's); no reserved figure. Only blocks under `measure()` count, so loading transients and evaluation do not
+    inflate a method's cost.
     """
 
     def __init__(self, device: str):
@@ -67,17 +83,21 @@ class MemoryMeter:
         self.peak = self.baseline
         self._reserved_peak: int | None = self._reserved_baseline if device == "cuda" else None
 
+    def _take_cuda_peak(self) -> None:
+        self.peak = max(self.peak, torch.cuda.max_memory_allocated())
+        self._reserved_peak = max(self._reserved_peak or 0, torch.cuda.max_memory_reserved())
+
     @contextmanager
     def measure(self) -> Iterator[None]:
         if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            reset_cuda_peak()
+            _MEASURING.add(self)
             try:
                 yield
             finally:
+                _MEASURING.discard(self)
                 torch.cuda.synchronize()
-                self.peak = max(self.peak, torch.cuda.max_memory_allocated())
-                self._reserved_peak = max(self._reserved_peak or 0, torch.cuda.max_memory_reserved())
+                self._take_cuda_peak()
             return
         stop = threading.Event()
 
@@ -161,6 +181,13 @@ def optimizer_state_bytes(optimizer: Any) -> int:
     return sum(_optimizer_storages(optimizer).values())
 
 
+def _paged_storages(optimizer: Any) -> dict[StorageKey, int]:
+    """A paged bitsandbytes optimizer's state buffers (tensors over 1e5 values): CUDA managed memory, which the driver
+    moves between GPU and CPU, wrapped as CPU tensors marked `is_paged`; the CUDA allocator never sees them."""
+    return _storages(value for state in optimizer.state.values() for value in state.values()
+                     if getattr(value, "is_paged", False))
+
+
 # ---- one step measured by category -------------------------------------------------------------------------
 
 class _Saved:
@@ -212,7 +239,8 @@ class _QuietStderr:
 
 class StepMemoryProbe:
     """Measures one optimizer step by category: weights, gradients, optimizer state, activations, other, and the step's
-    device peak, plus the tokens of its largest micro-batch.
+    device peak, plus the tokens of its largest micro-batch, and the optimizer state a paged optimizer keeps in CUDA
+    managed memory ("paged_optimizer", part of "optimizer"; the CUDA allocator's peak never contains it).
 
     The step's runner (helpers.training.LabTrainer.measure_step) calls start() before the step, enters forward()
     around each micro-batch's forward pass (the loss included), calls before_optimizer_step() and
@@ -230,8 +258,8 @@ class StepMemoryProbe:
         self._result: dict[str, int] | None = None
 
     def result(self) -> dict[str, int] | None:
-        """{"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens"} (bytes; tokens of the
-        largest micro-batch measured); None if not measured."""
+        """{"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens", "paged_optimizer"}
+        (bytes; tokens of the largest micro-batch measured); None if not measured."""
         return dict(self._result) if self._result is not None else None
 
     def start(self, model: torch.nn.Module, optimizer: Any) -> None:
@@ -242,11 +270,10 @@ class StepMemoryProbe:
         self._weights, self._weight_keys = sum(weights.values()), set(weights)
         # Alive before the step: what a CPU peak adds to the allocations the profiler sees during the step.
         self._resident = {**weights, **_optimizer_storages(optimizer), **_storages(p.grad for p in model.parameters())}
-        self._activations = self._gradients = self._optimizer = self._tokens = 0
+        self._activations = self._gradients = self._optimizer = self._paged = self._tokens = 0
         self.active = True
         if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
-            torch.cuda.reset_peak_memory_stats(self._device)
+            reset_cuda_peak(self._device)
         else:
             self._quiet = _QuietStderr().__enter__()
             self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
@@ -293,6 +320,7 @@ class StepMemoryProbe:
     def after_optimizer_step(self, optimizer: Any) -> None:
         if self.active:
             self._optimizer = sum(n for k, n in _optimizer_storages(optimizer).items() if k not in self._weight_keys)
+            self._paged = sum(_paged_storages(optimizer).values())
 
     def close(self) -> None:
         """Stop measuring without a result: for a step that raised (the CPU profiler would stay on)."""
@@ -309,15 +337,17 @@ class StepMemoryProbe:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
             peak = torch.cuda.max_memory_allocated(self._device)
+            outside_peak = self._paged  # managed memory: in the optimizer category, never in the allocator's peak
         else:
             self._profiler.__exit__(None, None, None)
             self._quiet.__exit__()
             peak = sum(self._resident.values()) + _cpu_peak_above_start(self._profiler)
             self._profiler = None
-        tracked = self._weights + self._optimizer + max(self._activations, self._gradients)
+            outside_peak = 0  # bitsandbytes pages nothing on a CPU
+        tracked = self._weights + self._optimizer - outside_peak + max(self._activations, self._gradients)
         self._result = {"weights": self._weights, "gradients": self._gradients, "optimizer": self._optimizer,
                         "activations": self._activations, "other": max(0, peak - tracked), "step_peak": int(peak),
-                        "tokens": self._tokens}
+                        "tokens": self._tokens, "paged_optimizer": self._paged}
         self._model = self._resident = None  # hold no reference to the model or the batch after the step
         return dict(self._result)
 

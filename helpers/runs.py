@@ -224,9 +224,10 @@ class Lab:
     def _memory_block(self, spec: RunSpec, measured: dict[str, int], examples: list[int], meter: MemoryMeter) -> dict:
         """The categories and step peak measured on the largest batch (per device: this process's; every
         process's in per_process), which batch that was, the prediction for the same tokens, and as a check the
-        device's own peak over every training step (labelled: CUDA max allocated and reserved, or CPU RSS sampled)."""
+        device's own peak over every training step (labelled: CUDA max allocated and reserved, or CPU RSS sampled),
+        and the optimizer state a paged optimizer keeps in CUDA managed memory, which neither CUDA peak contains."""
         block = {"device_peak_bytes": meter.peak_bytes, "device_peak_kind": meter.kind,
-                 "device_reserved_bytes": meter.reserved,
+                 "device_reserved_bytes": meter.reserved, "paged_optimizer_bytes": measured["paged_optimizer"],
                  "categories": {c: measured[c] for c in memory.CATEGORIES}, "step_peak_bytes": measured["step_peak"],
                  "measured_batch": {"train_indices": examples, "tokens": measured["tokens"],
                                     "micro_batches": self.parallel.accumulation},
@@ -311,10 +312,13 @@ class Lab:
         path = results.write_atomic(record, where / results.file_name(spec.run_id, seed))
         tracking.log_record(record, self.report_to, log_dir)
         shutil.rmtree(checkpoints, ignore_errors=True)
+        skipped = "" if not outcome.skipped_at else (
+            f"; the fp16 loss scaler skipped {len(outcome.skipped_at)} of {outcome.steps} updates ("
+            + ("FLAGGED: its token budget changed" if outcome.budget_changed else "while finding its scale") + ")")
         print(f"{label}: perplexity {before['eval']['perplexity']:.2f} -> {after['perplexity']:.2f}, "
               f"{outcome.tokens_per_second_median:.0f} tokens/s (median step), "
               f"whole-training peak {meter.peak_bytes / 2**20:.0f} MiB "
-              f"(the tables' step peak is one measured step) -> {path}")
+              f"(the tables' step peak is one measured step){skipped} -> {path}")
         del model, trainer
         release()
         return record

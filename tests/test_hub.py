@@ -232,7 +232,11 @@ def test_a_notebook_on_a_t4_refuses_gpt_neo_full_fine_tuning_before_loading(monk
 
 # ---------------------------------------------------------------- make gpu-check, planned on a mocked T4
 
+TRAINED = {"steps": 2, "skipped": 0, "tensors changed": 7, "tensors checked": 7}  # a run whose updates all applied
+
+
 def test_gpu_check_on_a_t4_runs_the_fp16_path_only(monkeypatch, capsys):
+    import peft  # noqa: F401 (before CUDA is mocked: bitsandbytes, which peft imports, picks its backend on import)
     import torch
 
     from helpers.tools import gpu_check
@@ -245,16 +249,20 @@ def test_gpu_check_on_a_t4_runs_the_fp16_path_only(monkeypatch, capsys):
     def fake_run(results, precision_name, spec):
         precision = gpu_check.precision_for(precision_name)
         ran.append((precision.name, precision.fp16, precision.bf16, spec.run_id))
-        return {"run": spec.run_id, "precision": precision.name, "trainable dtype": "float32", "tokens/s": 1}
+        return {"run": spec.run_id, "precision": precision.name, "trainable dtype": "float32", "tokens/s": 1,
+                **TRAINED}
 
     monkeypatch.setattr(gpu_check, "run_one", fake_run)
+    from helpers import environment  # its torch_build is tested on a mocked torch in test_environment.py
+    monkeypatch.setattr(environment, "torch_build", lambda: "torch 2.8.0+cu126, CUDA 12.6")
     assert gpu_check.main() == 0
     assert ran == [("fp16", True, False, "full"), ("fp16", True, False, "lora-r8"), ("fp16", True, False, "qlora")]
     out = capsys.readouterr().out
-    assert "Tesla T4 (sm_75)" in out and "no bf16" in out and "OK:" in out
+    assert "Tesla T4 (sm_75), torch 2.8.0+cu126, CUDA 12.6" in out and "no bf16" in out and "OK:" in out
 
 
 def test_gpu_check_adds_bf16_from_sm80_and_fails_on_non_fp32_trainable_weights(monkeypatch, capsys):
+    import peft  # noqa: F401 (see above)
     import torch
 
     from helpers.tools import gpu_check
@@ -265,10 +273,51 @@ def test_gpu_check_adds_bf16_from_sm80_and_fails_on_non_fp32_trainable_weights(m
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100")
     monkeypatch.setattr(gpu_check, "run_one", lambda results, p, spec: {
-        "run": f"{spec.run_id}-{p}", "precision": p, "tokens/s": 1,
+        "run": f"{spec.run_id}-{p}", "precision": p, "tokens/s": 1, **TRAINED,
         "trainable dtype": "bfloat16" if (p, spec.run_id) == ("bf16", "qlora") else "float32"})
     assert gpu_check.main() == 1
     assert "qlora-bf16 (bf16): bfloat16" in capsys.readouterr().err
+
+
+def test_gpu_check_fails_when_every_update_was_skipped_or_training_changed_nothing():
+    from helpers.tools import gpu_check
+
+    row = {"run": "lora-r8", "precision": "fp16", "trainable dtype": "float32", **TRAINED}
+    assert gpu_check.failures([row]) == []
+    assert gpu_check.failures([{**row, "skipped": 1}]) == [], "a skip while the scaler finds its scale is no failure"
+    skipped_all = gpu_check.failures([{**row, "skipped": 2, "tensors changed": 0}])
+    assert len(skipped_all) == 2 and "skipped every update" in skipped_all[0] and "lora-r8 (fp16): 2 of 2" in \
+        skipped_all[0] and "lora-r8 (fp16): 0 of 7 changed" in skipped_all[1]
+    assert "5 of 7 changed" in gpu_check.failures([{**row, "tensors changed": 5}])[0]
+    assert "0 of 0 changed" in gpu_check.failures([{**row, "tensors changed": 0, "tensors checked": 0}])[0]
+
+
+def test_gpu_check_reads_what_training_changed_from_the_saved_artifact(tmp_path):
+    """An adapter: every lora_B starts at zero (PEFT), so each non-zero one was updated. A full model: each tensor
+    that differs from the base it started from."""
+    import torch
+    from conftest import make_tiny_llama
+    from peft import LoraConfig, get_peft_model
+
+    from helpers.tools.gpu_check import training_changes
+
+    adapter = get_peft_model(make_tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    adapter.save_pretrained(tmp_path / "untrained")
+    assert training_changes(tmp_path / "untrained") == (0, 4), "2 layers x (q, v): nothing trained yet"
+    with torch.no_grad():
+        adapter.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight[0, 0] = 1e-3
+    adapter.save_pretrained(tmp_path / "one")
+    assert training_changes(tmp_path / "one") == (1, 4)
+
+    model = make_tiny_llama()
+    base = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.save_pretrained(tmp_path / "full")
+    changed, checked = training_changes(tmp_path / "full", base)
+    assert changed == 0 and checked == len(base)
+    with torch.no_grad():
+        model.model.norm.weight += 1e-3
+    model.save_pretrained(tmp_path / "full")
+    assert training_changes(tmp_path / "full", base) == (1, checked)
 
 
 def test_gpu_check_without_cuda_exits_with_a_clear_message(monkeypatch, capsys):

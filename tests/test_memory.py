@@ -1,13 +1,15 @@
 """helpers.memory: one training step measured by category, the prediction from the config, the fit check."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import make_tiny_llama, tiny_llama_config
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from helpers.memory import (MemoryFitError, StepMemoryProbe, cheaper_choices, check_fits, gradient_bytes, predict,
-                            weight_bytes)
+from helpers.memory import (MemoryFitError, MemoryMeter, StepMemoryProbe, cheaper_choices, check_fits, gradient_bytes,
+                            predict, weight_bytes)
 from helpers.models import LLAMA_TARGETS
 from helpers.specs import full, lora, qlora
 
@@ -83,7 +85,9 @@ def measured() -> dict[str, tuple[dict, torch.nn.Module]]:
 
 def test_categories_add_up_to_the_step_peak_and_explain_it(measured):
     for method, (m, _) in measured.items():
-        assert set(m) == {"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens"}
+        assert set(m) == {"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens",
+                          "paged_optimizer"}
+        assert m["paged_optimizer"] == 0, "torch's AdamW keeps its state in ordinary tensors"
         assert m["tokens"] == 4 * 128, "the packed row's tokens, as the forward saw them"
         tracked = m["weights"] + m["optimizer"] + max(m["activations"], m["gradients"])
         assert tracked <= m["step_peak"], (method, m)  # "other" was not clamped at 0: the sum is exact
@@ -120,6 +124,80 @@ def test_prediction_matches_the_measured_step(measured):
         assert abs(p["total"] - measured_total) <= 0.15 * measured_total, (method, p, m)
         assert abs(p["peak"] - m["step_peak"]) <= 0.15 * m["step_peak"], (method, p, m)
         assert abs(p["activations"] - m["activations"]) <= 0.05 * m["activations"], (method, p, m)
+
+
+class FakeCuda:
+    """The CUDA allocator's statistics as torch keeps them, one set per process: bytes allocated now, and the peak
+    since the last reset_peak_memory_stats."""
+
+    def __init__(self, allocated: int = 100):
+        self.allocated = self.peak = allocated
+
+    def allocate(self, n: int) -> None:
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, n: int) -> None:
+        self.allocated -= n
+
+    def install(self, monkeypatch) -> "FakeCuda":
+        now, peak = (lambda device=None: self.allocated), (lambda device=None: self.peak)
+        reset = lambda device=None: setattr(self, "peak", self.allocated)  # noqa: E731
+        for name, fake in {"is_available": lambda: True, "synchronize": lambda device=None: None,
+                           "empty_cache": lambda: None, "memory_allocated": now, "memory_reserved": now,
+                           "max_memory_allocated": peak, "max_memory_reserved": peak,
+                           "reset_peak_memory_stats": reset}.items():
+            monkeypatch.setattr(torch.cuda, name, fake)
+        return self
+
+
+class OnCuda:
+    """Stands in for a model on the GPU: the probe asks it only for its parameters' device, storages and gradients
+    (a parameter that is no tensor has no storage to count)."""
+
+    def __init__(self):
+        self.param = SimpleNamespace(device=torch.device("cuda"), grad=None)
+
+    def parameters(self):
+        return iter([self.param])
+
+    def buffers(self):
+        return iter([])
+
+
+def test_the_whole_run_peak_keeps_the_steps_before_a_probe_resets_the_cuda_peak(monkeypatch):
+    """CUDA keeps one peak counter per device: a probe that resets it inside the meter's block must not erase step 1's
+    peak from the whole-run figure."""
+    cuda = FakeCuda().install(monkeypatch)
+    meter = MemoryMeter("cuda")
+    with meter.measure():
+        cuda.allocate(5000)  # step 1: the highest point of the run
+        cuda.free(5000)
+        probe = StepMemoryProbe()
+        probe.start(OnCuda(), SimpleNamespace(state={}))
+        cuda.allocate(2000)
+        cuda.free(2000)
+        assert probe.stop()["step_peak"] == 100 + 2000, "the probe still measures its own step from its reset"
+    assert meter.peak_bytes == 5000 and meter.reserved == 5000
+
+
+def test_paged_optimizer_state_is_counted_apart_from_the_cuda_peak(monkeypatch):
+    """A paged bitsandbytes optimizer keeps its state in CUDA managed memory, wrapped as CPU tensors marked is_paged
+    (bitsandbytes.functional.get_paged): the probe reports it, and does not take it out of the allocator's peak,
+    which never held it."""
+    cuda = FakeCuda().install(monkeypatch)
+    paged = torch.zeros(1 << 16, dtype=torch.uint8)
+    paged.is_paged = True
+    optimizer = SimpleNamespace(state={"param": {"state1": paged, "step": 3}})
+    model, probe = OnCuda(), StepMemoryProbe()
+    probe.start(model, optimizer)
+    cuda.allocate(2000)
+    probe.before_optimizer_step(model)
+    probe.after_optimizer_step(optimizer)
+    cuda.free(2000)
+    step = probe.stop()
+    assert step["paged_optimizer"] == step["optimizer"] == 1 << 16
+    assert step["step_peak"] == 2100 and step["other"] == 2100, "the allocator's whole peak is not optimizer state"
 
 
 def test_a_probe_stopped_without_a_step_says_so():

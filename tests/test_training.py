@@ -247,6 +247,42 @@ def test_the_measured_step_runs_on_the_given_examples_and_leaves_the_run_as_it_w
     assert torch.equal(torch.get_rng_state(), rng) and outcome.steps == trainer.state.global_step == 2
 
 
+def _loss_scaler_skipping(monkeypatch, skip: set[int]) -> None:
+    """What accelerate's fp16 path does when GradScaler finds inf gradients, on a CPU that has no scaler: at each
+    optimizer step numbered in `skip` no update is applied, and the flag accelerator.optimizer_step_was_skipped reads
+    is set (AcceleratedOptimizer.step sets it from scaler.step)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    real, calls = AcceleratedOptimizer.step, []
+
+    def step(self, closure=None):
+        calls.append(None)
+        self._is_overflow = len(calls) in skip
+        if not self._is_overflow:
+            real(self, closure)
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step", step)
+
+
+@pytest.mark.parametrize("skip, flagged", [(set(), False), ({1}, False), ({1, 2}, False), ({2}, True),
+                                           ({1, 3}, True), ({1, 2, 3}, True)])
+def test_skipped_updates_are_counted_and_their_tokens_not_trained(skip, flagged, tiny_llama, real_tokenizer, tmp_path,
+                                                                   monkeypatch):
+    """A step the loss scaler skipped still counts as a Trainer step; the lab records it, leaves its tokens out of
+    the tokens trained, and flags the run when a skip comes after the first applied update (or none was applied)."""
+    _loss_scaler_skipping(monkeypatch, skip)
+    trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, EXAMPLES * 2, steps=3, batch=2)
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    outcome = train(trainer)
+    assert outcome.steps == 3 and [s.skipped for s in trainer.steps] == [k in skip for k in (1, 2, 3)]
+    assert outcome.skipped_at == sorted(skip)
+    assert outcome.tokens == sum(s.tokens for s in trainer.steps), "every step's compute, for the throughput"
+    trained = sum(s.tokens for s in trainer.steps if s.step not in skip)
+    assert outcome.trained_tokens == trained and (trained < outcome.tokens) is bool(skip)
+    assert outcome.budget_changed is flagged
+    assert any(p.count_nonzero() for p in lora_b) is (len(skip) < 3), "a skipped update leaves the weights alone"
+
+
 def test_nan_loss_stops_the_run_with_a_clear_message(tiny_llama, real_tokenizer, tmp_path):
     trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, EXAMPLES)
     real = trainer.compute_loss
