@@ -5,6 +5,11 @@ QLoRA's 4-bit layers computing in fp16. That path is forced here with choose_pre
 GPU; then bf16 where the GPU has it (sm_80 and up). Each precision runs full fine-tuning, LoRA r8 and QLoRA and
 prints precision, the trainable parameters' dtype (must be fp32), memory by category and tokens/s. Not part of
 `make test` (CI has no GPU). Results go to a temporary folder.
+
+The smoke profile's model and general text are the offline ones where those packages are installed (`make gpu-check`);
+a Colab GPU runtime lacks them (its setup cell installs them only without a GPU), so there the same budget runs on
+the `gpu` profile's Hub model and general text, the ones the class trains and scores: on Colab, after any notebook's
+setup cell, `!cd /content/finetune-lab && python -m helpers.tools.gpu_check`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ def plan(capability: tuple[int, int]) -> list[tuple[str, object]]:
     return [(p, spec) for p in precisions for spec in (full(), lora(8), qlora(16))]
 
 
+def smoke_settings() -> dict[str, str]:
+    """Lab overrides for the smoke profile: none where the offline packages are installed, else the `gpu` profile's
+    Hub model and general text (a Colab GPU runtime)."""
+    from ..colab import offline_installed
+    from ..environment import REPO_ROOT
+    from ..profiles import PROFILES
+
+    if offline_installed(REPO_ROOT):
+        return {}
+    return {"model": PROFILES["gpu"].model, "forgetting": PROFILES["gpu"].forgetting}
+
+
 def precision_for(name: str):
     from ..environment import choose_precision
 
@@ -37,7 +54,7 @@ def precision_for(name: str):
 def run_one(results: Path, precision_name: str, spec) -> dict:
     from ..runs import Lab
 
-    lab = Lab("smoke", results=results / precision_name, seeds=1)
+    lab = Lab("smoke", results=results / precision_name, seeds=1, **smoke_settings())
     lab.env = dataclasses.replace(lab.env, precision=precision_for(precision_name))
     record = lab.run(spec, force=True)[0]
     categories = record["memory"].get("categories") or {}
@@ -57,6 +74,9 @@ def main() -> int:
     capability = torch.cuda.get_device_capability(0)
     print(f"{torch.cuda.get_device_name(0)} (sm_{capability[0]}{capability[1]}): the T4 path (fp16)"
           + (" then bf16" if capability >= (8, 0) else "; no bf16 on this GPU"))
+    if hub := smoke_settings():
+        print(f"The offline packages are not installed here (a Colab GPU runtime): the smoke profile's budget on the "
+              f"Hub model {hub['model']}, general text {hub['forgetting']}.")
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
         for precision_name, spec in plan(capability):
