@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .colab import FULL_CHECKPOINTS_ENV  # named there: the Colab setup cell sets it before torch may be imported
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PROFILE_ENV = "LAB_PROFILE"
@@ -150,6 +152,13 @@ def results_dir() -> Path:
     path = Path(os.environ.get(RESULTS_ENV) or REPO_ROOT / "results")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def full_checkpoints_dir() -> Path | None:
+    """$LAB_FULL_CHECKPOINTS_DIR: where full fine-tuning keeps its checkpoints instead of beside the results (on Colab
+    the runtime's own disk, while the results are on Google Drive); None: beside the results."""
+    value = os.environ.get(FULL_CHECKPOINTS_ENV)
+    return Path(value) if value else None
 
 
 def cache_dir() -> Path:

@@ -14,7 +14,8 @@ from trl import SFTConfig
 
 from . import baseline, memory, profiles, results, specs, tracking
 from .data import LabData, longest_examples, prepare_data, prepare_text
-from .environment import Environment, Parallel, detect, launched_parallel, results_dir, write_directory_atomically
+from .environment import (Environment, Parallel, detect, full_checkpoints_dir, launched_parallel, results_dir,
+                          write_directory_atomically)
 from .evaluation import generate, perplexity
 from .memory import MemoryMeter, release
 from .models import expected_lora_parameters, get_preset, load_config, load_model, load_tokenizer, parameter_count
@@ -92,8 +93,14 @@ class Lab:
     def artifact_path(self, record: dict) -> Path:
         return self.results_dir / record["artifact"]["path"]
 
-    def checkpoint_dir(self, run_id: str, seed: int) -> Path:
-        path = self.result_path(run_id, seed)
+    def checkpoint_dir(self, spec: RunSpec, seed: int) -> Path:
+        """Where (spec, seed) saves its resumable checkpoints: beside its results file; full fine-tuning's (weights
+        and AdamW state, ~12 bytes per parameter each) under $LAB_FULL_CHECKPOINTS_DIR where that is set (on Colab
+        the runtime's own disk, so that they never fill Google Drive: helpers.colab)."""
+        path = self.result_path(spec.run_id, seed)
+        elsewhere = full_checkpoints_dir()
+        if spec.method == "full" and elsewhere is not None:  # set-<id>/ kept: settings sets stay apart there too
+            return elsewhere / path.parent.relative_to(self.results_dir) / path.stem
         return path.parent / "checkpoints" / path.stem
 
     # ---------------------------------------------------------------- measuring
@@ -172,7 +179,7 @@ class Lab:
     def sft_config(self, spec: RunSpec, seed: int | None = None) -> SFTConfig:
         """The SFTConfig lab.run(spec) trains `seed` with (default: the profile's first seed)."""
         seed = self.seeds[0] if seed is None else seed
-        return sft_config(self.resolve(spec), self.profile, self.env, seed, self.checkpoint_dir(spec.run_id, seed),
+        return sft_config(self.resolve(spec), self.profile, self.env, seed, self.checkpoint_dir(spec, seed),
                           self.report_to, self.parallel)
 
     def trainer(self, spec: RunSpec, seed: int | None = None) -> LabTrainer:
@@ -185,7 +192,7 @@ class Lab:
         label = results.file_name(spec.run_id, seed).removesuffix(".json")
         model = build_base(spec, self.profile, self.env)
         return make_trainer(model, spec, self.profile, self.env, self.data.train, self.tokenizer, seed,
-                            self.checkpoint_dir(spec.run_id, seed), label, self.fingerprint(spec, seed),
+                            self.checkpoint_dir(spec, seed), label, self.fingerprint(spec, seed),
                             self.report_to, self.parallel)
 
     # ---------------------------------------------------------------- runs
@@ -269,7 +276,7 @@ class Lab:
             print(f"{label}: settings set {self.settings['id']} ({results.describe_settings(self.settings)}): "
                   f"written in {where}, beside the results in {self.results_dir}, never over them.")
         fingerprint = self.fingerprint(spec, seed)
-        checkpoints = self.checkpoint_dir(spec.run_id, seed)
+        checkpoints = self.checkpoint_dir(spec, seed)
         if force:
             shutil.rmtree(checkpoints, ignore_errors=True)
         resume = complete_checkpoint(checkpoints, fingerprint) if checkpoints.exists() else None

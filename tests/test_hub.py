@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,56 @@ def test_gpu_check_reads_what_training_changed_from_the_saved_artifact(tmp_path)
         model.model.norm.weight += 1e-3
     model.save_pretrained(tmp_path / "full")
     assert training_changes(tmp_path / "full", base) == (1, checked)
+
+
+def test_gpu_check_on_a_colab_gpu_runtime_trains_the_hub_model_the_setup_cell_leaves_it(monkeypatch, capsys, tmp_path):
+    """A Colab GPU runtime has what its setup cell installs there, not the offline packages (the bundled model, the
+    offline general text): gpu-check then trains the smoke budget on the gpu profile's Hub model and general text. Where
+    they are installed (`make gpu-check`, this machine) it runs the smoke profile as is."""
+    import importlib.metadata
+
+    import torch
+
+    import helpers
+    from helpers import colab, runs
+    from helpers.tools import gpu_check
+
+    class Built(Exception):
+        pass
+
+    def lab_then_stop(*args, **kwargs):  # the Lab that run_one builds, then no training (no GPU here)
+        raise Built(real_lab(*args, **kwargs))
+
+    real_lab, real_version = runs.Lab, importlib.metadata.version
+    monkeypatch.setattr(runs, "Lab", lab_then_stop)
+
+    def profile_run_one_builds():
+        with pytest.raises(Built) as built:
+            gpu_check.run_one(tmp_path, "fp16", helpers.full())
+        return built.value.args[0].profile
+
+    smoke = PROFILES["smoke"]
+    assert profile_run_one_builds() == replace(smoke, seeds=(42,)), "offline packages installed: smoke as is"
+    offline = {pin.split("==")[0] for mark in (colab.OFFLINE_MARK, colab.NO_DEPS) for pin in colab.requirements(ROOT, mark)}
+
+    def version(name):  # as in a Colab GPU runtime: never installed
+        if name in offline:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    colab_gpu = profile_run_one_builds()
+    assert (colab_gpu.model, colab_gpu.forgetting) == (GPU.model, GPU.forgetting) == ("smollm2-135m", "wikitext2")
+    assert models.get_preset(colab_gpu.model).source == "hub"
+    assert replace(colab_gpu, model=smoke.model, forgetting=smoke.forgetting) == replace(smoke, seeds=(42,)), "same budget"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(gpu_check, "run_one", lambda results, p, spec: {"run": spec.run_id, "precision": p,
+                                                                          "trainable dtype": "float32", "tokens/s": 1})
+    assert gpu_check.main() == 0
+    assert "the smoke profile's budget on the Hub model smollm2-135m, general text wikitext2" in capsys.readouterr().out
 
 
 def test_gpu_check_without_cuda_exits_with_a_clear_message(monkeypatch, capsys):

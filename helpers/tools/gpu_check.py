@@ -7,6 +7,11 @@ prints precision, the trainable parameters' dtype (must be fp32), the updates th
 of the trained tensors training changed (each must), memory by category and tokens/s, under the torch and CUDA
 versions. It fails when a run's trainable weights are not fp32, when the scaler skipped every update, or when a
 trained tensor came out as it went in. Not part of `make test` (CI has no GPU). Results go to a temporary folder.
+
+The smoke profile's model and general text are the offline ones where those packages are installed (`make gpu-check`);
+a Colab GPU runtime lacks them (its setup cell installs them only without a GPU), so there the same budget runs on
+the `gpu` profile's Hub model and general text, the ones the class trains and scores: on Colab, after any notebook's
+setup cell, `!cd /content/finetune-lab && python -m helpers.tools.gpu_check`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ def plan(capability: tuple[int, int]) -> list[tuple[str, object]]:
 
     precisions = ["fp16"] + (["bf16"] if tuple(capability) >= (8, 0) else [])
     return [(p, spec) for p in precisions for spec in (full(), lora(8), qlora(16))]
+
+
+def smoke_settings() -> dict[str, str]:
+    """Lab overrides for the smoke profile: none where the offline packages are installed, else the `gpu` profile's
+    Hub model and general text (a Colab GPU runtime)."""
+    from ..colab import offline_installed
+    from ..environment import REPO_ROOT
+    from ..profiles import PROFILES
+
+    if offline_installed(REPO_ROOT):
+        return {}
+    return {"model": PROFILES["gpu"].model, "forgetting": PROFILES["gpu"].forgetting}
 
 
 def precision_for(name: str):
@@ -58,7 +75,7 @@ def run_one(results: Path, precision_name: str, spec) -> dict:
     from ..memory import release
     from ..runs import Lab
 
-    lab = Lab("smoke", results=results / precision_name, seeds=1)
+    lab = Lab("smoke", results=results / precision_name, seeds=1, **smoke_settings())
     lab.env = dataclasses.replace(lab.env, precision=precision_for(precision_name))
     record = lab.run(spec, force=True)[0]
     base = None
@@ -110,6 +127,9 @@ def main() -> int:
     capability = torch.cuda.get_device_capability(0)
     print(f"{torch.cuda.get_device_name(0)} (sm_{capability[0]}{capability[1]}), {torch_build()}: the T4 path (fp16)"
           + (" then bf16" if capability >= (8, 0) else "; no bf16 on this GPU"))
+    if hub := smoke_settings():
+        print(f"The offline packages are not installed here (a Colab GPU runtime): the smoke profile's budget on the "
+              f"Hub model {hub['model']}, general text {hub['forgetting']}.")
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
         for precision_name, spec in plan(capability):
