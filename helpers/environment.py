@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -113,6 +113,17 @@ class Parallel:
                              f"{self.processes} process(es) x {self.accumulation} accumulation step(s). Fix: make "
                              f"batch_size a multiple of {split} (helpers.Lab(..., batch_size={split * max(1, global_batch // split)})).")
         return global_batch // split
+
+    def with_rows_within(self, global_batch: int, max_length: int, row_limit: int) -> Parallel:
+        """This layout with the fewest accumulated micro-batches (a multiple of its own) that keep every packed row,
+        one micro-batch of examples of up to max_length tokens each, within row_limit tokens."""
+        per_process = self.per_device_batch(global_batch) * self.accumulation
+        for accumulation in range(self.accumulation, per_process + 1, self.accumulation):
+            if per_process % accumulation == 0 and per_process // accumulation * max_length <= row_limit:
+                return replace(self, accumulation=accumulation)
+        raise ValueError(f"max_length = {max_length}: one example is longer than the {row_limit} tokens the model's "
+                         f"attention takes in a row. Fix: max_length={row_limit} or less (helpers.Lab(..., "
+                         f"max_length={min(row_limit, 512)})).")
 
     def describe(self) -> str:
         if self.processes == 1 and self.accumulation == 1:

@@ -18,7 +18,8 @@ from .environment import (Environment, Parallel, detect, full_checkpoints_dir, l
                           write_directory_atomically)
 from .evaluation import generate, perplexity
 from .memory import MemoryMeter, release
-from .models import expected_lora_parameters, get_preset, load_config, load_model, load_tokenizer, parameter_count
+from .models import (expected_lora_parameters, get_preset, load_config, load_model, load_tokenizer, meta_model,
+                     packed_row_limit, parameter_count)
 from .profiles import Profile, get_profile
 from .specs import RunSpec, check
 from .training import LabTrainer, build_base, complete_checkpoint, make_trainer, sft_config, train
@@ -43,16 +44,33 @@ class Lab:
         self.env: Environment = detect()
         self.results_dir = Path(results) if results else results_dir()
         # Under torchrun / accelerate launch: several processes train one run (helpers.tools.distributed)
-        self.parallel: Parallel = parallel or launched_parallel()
-        self.parallel.per_device_batch(self.profile.batch_size)  # refused now if the batch cannot be split
+        parallel = parallel or launched_parallel()
+        parallel.per_device_batch(self.profile.batch_size)  # refused now if the batch cannot be split
+        # A model whose attention takes only rows up to its context (GPT-Neo) trains each step as several packed
+        # rows within it: accumulated micro-batches of the same examples, the loss normalised by the whole step's
+        # tokens (as for several processes), so the token budget and the update stay those of one row.
+        self.row_limit = self._row_limit(parallel)
+        self.parallel: Parallel = parallel if self.row_limit is None else parallel.with_rows_within(
+            self.profile.batch_size, self.profile.max_length, self.row_limit)
+
+    def _row_limit(self, parallel: Parallel) -> int | None:
+        """The model's packed-row limit (helpers.models.packed_row_limit) where this profile's rows could pass it.
+        A limit is the model's max_position_embeddings, which its preset's context records: rows within the context
+        need no look at the config."""
+        p = self.profile
+        if parallel.per_device_batch(p.batch_size) * p.max_length <= get_preset(p.model).context:
+            return None
+        return packed_row_limit(meta_model(load_config(p.model)))
 
     def describe(self) -> str:
         p = self.profile
         forgetting = f"; forgetting on {p.forgetting}" if p.forgetting else ""
+        rows = (f" (packed rows of at most {self.row_limit} tokens, all this model's attention takes; evaluation "
+                "packs too)" if self.row_limit else "")
         return (f"{self.env.describe()}\nprofile {p.name}: model {p.model}, data {p.dataset}, "
                 f"{p.max_steps} steps x {p.batch_size} examples (max {p.max_length} tokens), "
                 f"held-out {p.eval_examples} examples{forgetting}; training seeds {list(p.seeds)}; "
-                f"{self.parallel.describe()}\nresults -> {self.results_dir}")
+                f"{self.parallel.describe()}{rows}\nresults -> {self.results_dir}")
 
     @property
     def seeds(self) -> tuple[int, ...]:

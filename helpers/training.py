@@ -44,6 +44,11 @@ class DivergedError(RuntimeError):
     """The loss became NaN or infinite: nothing this run would record is a result."""
 
 
+def loss_head_for(device: str) -> str:
+    """The loss head LabTrainer uses on `device` (module docstring): "full logits" on a CPU, TRL's "fused" elsewhere."""
+    return "full logits" if device == "cpu" else "fused"
+
+
 def target_modules(spec: RunSpec, preset_name: str) -> list[str]:
     """The layers LoRA adapts, in the preset's order: the spec's own, or the preset's projections when it names none."""
     preset = get_preset(preset_name)
@@ -207,14 +212,14 @@ class LabTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.probe.forward() if self.probe is not None and self.probe.active else nullcontext():
-            if self.args.use_cpu and not return_outputs:  # full logits are faster on a CPU (module docstring)
+            if self.loss_head == "full logits" and not return_outputs:  # faster on a CPU (module docstring)
                 batch = {k: inputs[k] for k in ("input_ids", "labels", "position_ids") if k in inputs}
                 return Trainer.compute_loss(self, model, batch, False, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     @property
     def loss_head(self) -> str:
-        return "full logits" if self.args.use_cpu else "fused"
+        return loss_head_for("cpu" if self.args.use_cpu else self.args.device.type)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         start = time.perf_counter()

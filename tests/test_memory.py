@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import make_tiny_llama, tiny_llama_config
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from helpers.memory import (MemoryFitError, MemoryMeter, StepMemoryProbe, cheaper_choices, check_fits, gradient_bytes,
-                            predict, weight_bytes)
+from helpers.memory import (MemoryFitError, MemoryMeter, StepMemoryProbe, cheaper_choices, check_fits, gb,
+                            gradient_bytes, predict, weight_bytes)
 from helpers.models import LLAMA_TARGETS
 from helpers.specs import full, lora, qlora
 
@@ -198,6 +198,96 @@ def test_paged_optimizer_state_is_counted_apart_from_the_cuda_peak(monkeypatch):
     step = probe.stop()
     assert step["paged_optimizer"] == step["optimizer"] == 1 << 16
     assert step["step_peak"] == 2100 and step["other"] == 2100, "the allocator's whole peak is not optimizer state"
+
+
+def gpt_neo_config() -> GPTNeoConfig:
+    """wide_llama_config's widths in GPT-Neo: eager attention only (LayerNorm, GELU, 4h MLP)."""
+    return GPTNeoConfig(vocab_size=128, hidden_size=128, num_layers=6, num_heads=4, window_size=256,
+                        attention_types=[[["global", "local"], 3]], max_position_embeddings=1024, bos_token_id=2,
+                        eos_token_id=2)
+
+
+@pytest.mark.parametrize("architecture", ["llama-eager", "gpt-neo"])
+def test_eager_attention_prediction_matches_the_measured_step(architecture):
+    """Eager attention keeps each layer's heads x T x T probabilities for backward (SDPA keeps none): 6 layers x 4
+    heads x 512^2 fp32 here, two thirds of the activations."""
+    if architecture == "gpt-neo":  # its GELU (tanh form) keeps more MLP tensors than the SiLU counted: 8% here
+        config, tolerance = gpt_neo_config(), 0.10
+        targets = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
+        torch.manual_seed(0)
+        model = GPTNeoForCausalLM(config)
+    else:
+        config, targets, tolerance = wide_llama_config(), list(LLAMA_TARGETS), 0.05
+        config._attn_implementation = "eager"
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.config.use_cache = False
+    assert model.config._attn_implementation == "eager"
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
+                                             task_type="CAUSAL_LM")).train()
+    m = measured_step(model, packed_batch(config.vocab_size, rows=4, length=128))
+    p = predict(config, lora(RANK), "fp32", "cpu", 4 * 128, targets=targets)
+    assert m["activations"] > 6 * 4 * 512 * 512 * 4  # the probabilities alone
+    assert abs(p["activations"] - m["activations"]) <= tolerance * m["activations"], (p, m)
+    assert abs(p["peak"] - m["step_peak"]) <= 0.15 * m["step_peak"], (p, m)
+
+
+def test_fused_lm_head_prediction_matches_the_measured_step(real_tokenizer, tmp_path, monkeypatch):
+    """On CUDA the lab's loss goes through TRL's fused LM head (no logits kept): forced on a CPU, LabTrainer's measured
+    step matches predict for that loss head, and the full-logits prediction (the CPU's) misses it by far. The
+    vocabulary is large next to the model, as in SmolLM2 (49,152 x 576), so the logits matter."""
+    import dataclasses
+
+    from datasets import Dataset
+
+    from helpers import training
+    from helpers.environment import Environment, choose_precision
+    from helpers.profiles import get_profile
+
+    config = LlamaConfig(vocab_size=8192, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.config.use_cache = False
+    ids = torch.randint(3, 8192, (8, 128), generator=torch.Generator().manual_seed(0)).tolist()
+    examples = [{"input_ids": row, "labels": [-100] * 40 + row[40:]} for row in ids]
+    profile = dataclasses.replace(get_profile("smoke"), max_steps=1, batch_size=4, max_length=128,
+                                  checkpoint_steps=0, logging_steps=1)
+    monkeypatch.setattr(training, "loss_head_for", lambda device: "fused")
+    env = Environment(False, "cpu", "test", None, choose_precision("cpu"), True)
+    trainer = training.make_trainer(model, lora(RANK), profile, env, Dataset.from_list(examples), real_tokenizer, 3,
+                                    tmp_path, "t")
+    assert trainer.loss_head == "fused"
+    training.train(trainer)  # the measured step, like every step after the first, finds AdamW's state
+    m = trainer.measure_step([0, 1, 2, 3], StepMemoryProbe())
+    assert m["tokens"] == 4 * 128
+    fused = predict(config, lora(RANK), "fp32", "cpu", m["tokens"], targets=LLAMA_TARGETS, loss_head="fused")
+    assert (fused["weights"], fused["gradients"], fused["optimizer"]) == (m["weights"], m["gradients"], m["optimizer"])
+    assert abs(fused["activations"] - m["activations"]) <= 0.05 * m["activations"], (fused, m)
+    assert abs(fused["peak"] - m["step_peak"]) <= 0.15 * m["step_peak"], (fused, m)
+    assert predict(config, lora(RANK), "fp32", "cpu", m["tokens"], targets=LLAMA_TARGETS) == fused, \
+        "by default the prediction takes the trainer's loss head"
+    full_logits = predict(config, lora(RANK), "fp32", "cpu", m["tokens"], targets=LLAMA_TARGETS,
+                          loss_head="full logits")
+    assert full_logits["activations"] > 2 * m["activations"], "the fp32 log-softmax of the logits is not kept"
+
+
+def test_the_prediction_follows_the_loss_head_of_the_device():
+    """A CUDA run's prediction is the fused head's (what LabTrainer uses there): for SmolLM2-135M at ~3.5k tokens a
+    step that is ~1.8 GB below the full-logits figure (the fp32 log-softmax kept, two logits-sized gradients)."""
+    from helpers.training import loss_head_for
+
+    smollm2 = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+    assert (loss_head_for("cuda"), loss_head_for("cpu")) == ("fused", "full logits")
+    cuda = predict(smollm2, lora(16), "fp16", "cuda", 3500, targets=LLAMA_TARGETS)
+    assert cuda == predict(smollm2, lora(16), "fp16", "cuda", 3500, targets=LLAMA_TARGETS, loss_head="fused")
+    logits = predict(smollm2, lora(16), "fp16", "cuda", 3500, targets=LLAMA_TARGETS, loss_head="full logits")
+    logits_bytes = 3500 * 49152 * (4 + 8) + 2 * 49152 * 576  # log-softmax, two gradients; the head's fp16 copy
+    assert logits["peak"] - cuda["peak"] == pytest.approx(logits_bytes, rel=0.15)
+    assert gb(logits["peak"] - cuda["peak"]) == "1.8 GB"  # README, Memory by category
+    with pytest.raises(ValueError, match="'full logits' or 'fused'"):
+        predict(smollm2, lora(16), "fp16", "cuda", 3500, targets=LLAMA_TARGETS, loss_head="chunked")
 
 
 def test_a_probe_stopped_without_a_step_says_so():

@@ -493,3 +493,31 @@ def test_4bit_base_is_quantized_once_and_read_back_unchanged(tmp_path, monkeypat
         assert torch.equal(fresh.eval()(input_ids=ids).logits, cached.eval()(input_ids=ids).logits)
     other = models.quantized_copy_dir("smollm2-135m-bundled", models.bnb_config("fp4", True, torch.bfloat16))
     assert other != saved  # other settings, other bytes
+
+
+def test_a_model_with_a_fixed_causal_mask_trains_in_rows_it_can_take(real_tokenizer, tmp_path):
+    """GPT-Neo's attention takes packed rows of at most its context (here 64): a step of 4 examples of up to 32 tokens
+    fails as one row, and trains as 2 accumulated micro-batches of 2 (the layout Lab picks), every token counted."""
+    from conftest import make_tiny_gpt_neo
+
+    from helpers.environment import Parallel
+    from helpers.models import packed_row_limit
+
+    examples = [{"input_ids": [3 + (i * 7 + j) % 100 for j in range(20 + 4 * i)],
+                 "labels": [-100] * 5 + [3 + (i * 7 + j) % 100 for j in range(5, 20 + 4 * i)]} for i in range(4)]
+    profile = dataclasses.replace(get_profile("smoke"), model="gpt-neo-1.3b", max_steps=1, batch_size=4,
+                                  max_length=32, checkpoint_steps=0, logging_steps=1)
+    model = make_tiny_gpt_neo(context=64)
+    layout = Parallel().with_rows_within(profile.batch_size, profile.max_length, packed_row_limit(model))
+    assert (layout.accumulation, layout.per_device_batch(profile.batch_size)) == (2, 2)
+    one_row = make_trainer(model, full(), profile, env("fp32"), Dataset.from_list(examples), real_tokenizer, 3,
+                           tmp_path / "one", "t")
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        train(one_row)
+    model = make_tiny_gpt_neo(context=64)
+    trainer = make_trainer(model, full(), profile, env("fp32"), Dataset.from_list(examples), real_tokenizer, 3,
+                           tmp_path / "split", "t", parallel=layout)
+    outcome = train(trainer)
+    assert outcome.steps == 1 and outcome.tokens == sum(len(e["input_ids"]) for e in examples)
+    with pytest.raises(ValueError, match="max_length=64 or less"):
+        Parallel().with_rows_within(4, 65, 64)
