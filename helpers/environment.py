@@ -11,10 +11,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+
+from .colab import FULL_CHECKPOINTS_ENV  # named there: the Colab setup cell sets it before torch may be imported
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +80,15 @@ class Environment:
     def describe(self) -> str:
         where = "Google Colab" if self.in_colab else "local machine"
         hub = "offline (bundled model and data only)" if self.hub_offline else "Hub allowed"
-        return f"{where} | {self.device_name} | precision {self.precision.name} | {hub}"
+        return f"{where} | {self.device_name} | precision {self.precision.name} | {torch_build()} | {hub}"
+
+
+def torch_build() -> str:
+    """'torch 2.13.0+cpu, no CUDA' or 'torch 2.8.0+cu126, CUDA 12.6': the torch this process runs and the CUDA it was
+    built for. requirements.txt pins no torch (Colab keeps the CUDA build its image brings), so this is the one
+    version of the stack a Colab run does not choose."""
+    cuda = torch.version.cuda
+    return f"torch {torch.__version__}, " + (f"CUDA {cuda}" if cuda else "no CUDA")
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,17 @@ class Parallel:
                              f"{self.processes} process(es) x {self.accumulation} accumulation step(s). Fix: make "
                              f"batch_size a multiple of {split} (helpers.Lab(..., batch_size={split * max(1, global_batch // split)})).")
         return global_batch // split
+
+    def with_rows_within(self, global_batch: int, max_length: int, row_limit: int) -> Parallel:
+        """This layout with the fewest accumulated micro-batches (a multiple of its own) that keep every packed row,
+        one micro-batch of examples of up to max_length tokens each, within row_limit tokens."""
+        per_process = self.per_device_batch(global_batch) * self.accumulation
+        for accumulation in range(self.accumulation, per_process + 1, self.accumulation):
+            if per_process % accumulation == 0 and per_process // accumulation * max_length <= row_limit:
+                return replace(self, accumulation=accumulation)
+        raise ValueError(f"max_length = {max_length}: one example is longer than the {row_limit} tokens the model's "
+                         f"attention takes in a row. Fix: max_length={row_limit} or less (helpers.Lab(..., "
+                         f"max_length={min(row_limit, 512)})).")
 
     def describe(self) -> str:
         if self.processes == 1 and self.accumulation == 1:
@@ -142,6 +163,13 @@ def results_dir() -> Path:
     path = Path(os.environ.get(RESULTS_ENV) or REPO_ROOT / "results")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def full_checkpoints_dir() -> Path | None:
+    """$LAB_FULL_CHECKPOINTS_DIR: where full fine-tuning keeps its checkpoints instead of beside the results (on Colab
+    the runtime's own disk, while the results are on Google Drive); None: beside the results."""
+    value = os.environ.get(FULL_CHECKPOINTS_ENV)
+    return Path(value) if value else None
 
 
 def cache_dir() -> Path:

@@ -18,6 +18,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .data import IGNORE_INDEX
 from .environment import Precision, heap_reuse
+from .models import packed_row_limit
 
 EVALUATION_PRECISION = "fp32"  # what every perplexity is computed in; the results record it
 
@@ -131,6 +132,8 @@ def per_example_nll(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 
     was_training = model.training
     model.eval()
     examples = dataset.to_list()
+    if limit := packed_row_limit(_causal_lm(model)):  # a longer pack would not run; any packing gives the same result
+        max_tokens = min(max_tokens, limit)
     collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)
     found: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     try:

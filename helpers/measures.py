@@ -2,8 +2,8 @@
 interval, and paired differences (between two runs, or after − before within one run).
 
 A run (full, lora-r8, ...) has one record per training seed. Intervals are t over seeds, or with one seed a bootstrap
-over held-out examples where the measure has per-example data. A record flagged as worse than before training is
-listed by the notes, never averaged in (`usable`).
+over held-out examples where the measure has per-example data. A flagged record (worse than before training, or a token
+budget changed by skipped updates: FLAGS) is listed by the notes, never averaged in (`usable`).
 """
 
 from __future__ import annotations
@@ -136,13 +136,30 @@ def pareto(records: list[dict], keys: tuple[str, ...]) -> Frontier:
     return Frontier(tuple(keys), runs, [run for run in runs if run not in beaten], dominated)
 
 
+# A record's status flags (older records lack the later ones: not flagged) and how a table names each.
+FLAGS = {"worse_than_before": "worse than before", "budget_changed": "budget changed by skipped updates"}
+
+
+def flags(record: dict) -> list[str]:
+    """The FLAGS keys set in a record's status."""
+    status = record.get("status", {})
+    return [key for key in FLAGS if status.get(key)]
+
+
 def usable(records: Iterable[dict]) -> list[dict]:
-    """The records that enter means and comparisons: a run that ended worse than it started is not a result."""
-    return [r for r in records if not r.get("status", {}).get("worse_than_before")]
+    """The records that enter means and comparisons: a run that ended worse than it started, or trained another token
+    budget than the others (skipped updates), is not a result."""
+    return [r for r in records if not flags(r)]
 
 
 def flagged(records: Iterable[dict]) -> list[dict]:
-    return [r for r in records if r.get("status", {}).get("worse_than_before")]
+    return [r for r in records if flags(r)]
+
+
+def trained_tokens(record: dict) -> int:
+    """Real tokens of the steps whose update was applied (every step's in records made before skips were counted)."""
+    training = record["training"]
+    return training.get("trained_tokens", training["tokens"])
 
 
 def by_run(records: Iterable[dict]) -> dict[str, list[dict]]:
@@ -209,6 +226,6 @@ def change(run_records: list[dict], before: str, after: str) -> Interval | None:
     return _paired(by_seed, by_seed, MEASURES[after], MEASURES[before])
 
 
-__all__ = ["MEASURES", "PARETO_PAIRS", "Domination", "Frontier", "Measure", "REPEAT_N", "answer_repetition", "by_run",
-           "change", "difference", "flagged", "interval", "mean", "mean_of", "missing_runs", "pareto",
-           "repeated_ngram_rate", "usable"]
+__all__ = ["FLAGS", "MEASURES", "PARETO_PAIRS", "Domination", "Frontier", "Measure", "REPEAT_N", "answer_repetition",
+           "by_run", "change", "difference", "flagged", "flags", "interval", "mean", "mean_of", "missing_runs",
+           "pareto", "repeated_ngram_rate", "trained_tokens", "usable"]

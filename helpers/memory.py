@@ -1,7 +1,8 @@
 """Training memory: what a run holds, by category, measured the same way on CPU and CUDA, and predicted before
 training from the spec and the architecture.
 
-- MemoryMeter: the device's own peak over every training step (a check on the probe).
+- MemoryMeter: the device's own peak over every training step (a check on the probe); on CUDA a probe's reset of
+  the allocator's peak inside the meter's block does not lose the steps before it (reset_cuda_peak).
 - StepMemoryProbe: one optimizer step split into weights, gradients, optimizer state, activations, other, and its
   peak; the lab measures it on the largest batch the training data can form (helpers.runs.Lab.largest_batch), so
   it answers "will it fit, whatever the order?" the same for every method and seed.
@@ -12,7 +13,6 @@ training from the spec and the architecture.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import sys
@@ -24,9 +24,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import psutil
 import torch
-from transformers import AutoModelForCausalLM
 
 from .environment import return_freed_memory_to_os
+from .models import meta_model
 from .specs import RunSpec, lora, qlora
 
 GB = 1e9  # decimal, as GPUs are sold ("15 GB T4")
@@ -43,13 +43,28 @@ def release() -> None:
     return_freed_memory_to_os()
 
 
+_MEASURING: set[MemoryMeter] = set()  # CUDA meters inside their measure() block
+
+
+def reset_cuda_peak(device: torch.device | None = None) -> None:
+    """Reset CUDA's peak statistics, which are one counter per device for the whole process, without losing a peak:
+    every MemoryMeter measuring now takes the peak so far first. Every reset in the lab goes through here."""
+    torch.cuda.synchronize(device)
+    for meter in list(_MEASURING):
+        meter._take_cuda_peak()
+    torch.cuda.reset_peak_memory_stats(device)
+
+
 class MemoryMeter:
     """Whole-training device peak, above what the process held when the meter started.
 
     CUDA: the allocator's max_memory_allocated (tensors) and max_memory_reserved (what the allocator took from the
-    GPU, the figure nvidia-smi is closer to), reset at each measured block. CPU: RSS sampled every 20 ms by a
-    thread (ru_maxrss would be the process's lifetime peak, i.e. an earlier run's); no reserved figure.
-    Only blocks under `measure()` count, so loading transients and evaluation do not inflate a method's cost.
+    GPU, the figure nvidia-smi is closer to), reset at each measured block; a reset inside the block (a
+    StepMemoryProbe, another meter) first hands this meter the peak so far, so every step counts. Optimizer state
+    in managed memory (a paged bitsandbytes optimizer) is invisible to both: the probe reports it on its own.
+    CPU: RSS sampled every 20 ms by a thread (ru_maxrss would be the process's lifetime peak, i.e. an earlier
+    run's); no reserved figure. Only blocks under `measure()` count, so loading transients and evaluation do not
+    inflate a method's cost.
     """
 
     def __init__(self, device: str):
@@ -67,17 +82,21 @@ class MemoryMeter:
         self.peak = self.baseline
         self._reserved_peak: int | None = self._reserved_baseline if device == "cuda" else None
 
+    def _take_cuda_peak(self) -> None:
+        self.peak = max(self.peak, torch.cuda.max_memory_allocated())
+        self._reserved_peak = max(self._reserved_peak or 0, torch.cuda.max_memory_reserved())
+
     @contextmanager
     def measure(self) -> Iterator[None]:
         if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            reset_cuda_peak()
+            _MEASURING.add(self)
             try:
                 yield
             finally:
+                _MEASURING.discard(self)
                 torch.cuda.synchronize()
-                self.peak = max(self.peak, torch.cuda.max_memory_allocated())
-                self._reserved_peak = max(self._reserved_peak or 0, torch.cuda.max_memory_reserved())
+                self._take_cuda_peak()
             return
         stop = threading.Event()
 
@@ -161,6 +180,13 @@ def optimizer_state_bytes(optimizer: Any) -> int:
     return sum(_optimizer_storages(optimizer).values())
 
 
+def _paged_storages(optimizer: Any) -> dict[StorageKey, int]:
+    """A paged bitsandbytes optimizer's state buffers (tensors over 1e5 values): CUDA managed memory, which the driver
+    moves between GPU and CPU, wrapped as CPU tensors marked `is_paged`; the CUDA allocator never sees them."""
+    return _storages(value for state in optimizer.state.values() for value in state.values()
+                     if getattr(value, "is_paged", False))
+
+
 # ---- one step measured by category -------------------------------------------------------------------------
 
 class _Saved:
@@ -212,7 +238,8 @@ class _QuietStderr:
 
 class StepMemoryProbe:
     """Measures one optimizer step by category: weights, gradients, optimizer state, activations, other, and the step's
-    device peak, plus the tokens of its largest micro-batch.
+    device peak, plus the tokens of its largest micro-batch, and the optimizer state a paged optimizer keeps in CUDA
+    managed memory ("paged_optimizer", part of "optimizer"; the CUDA allocator's peak never contains it).
 
     The step's runner (helpers.training.LabTrainer.measure_step) calls start() before the step, enters forward()
     around each micro-batch's forward pass (the loss included), calls before_optimizer_step() and
@@ -230,8 +257,8 @@ class StepMemoryProbe:
         self._result: dict[str, int] | None = None
 
     def result(self) -> dict[str, int] | None:
-        """{"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens"} (bytes; tokens of the
-        largest micro-batch measured); None if not measured."""
+        """{"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens", "paged_optimizer"}
+        (bytes; tokens of the largest micro-batch measured); None if not measured."""
         return dict(self._result) if self._result is not None else None
 
     def start(self, model: torch.nn.Module, optimizer: Any) -> None:
@@ -242,11 +269,10 @@ class StepMemoryProbe:
         self._weights, self._weight_keys = sum(weights.values()), set(weights)
         # Alive before the step: what a CPU peak adds to the allocations the profiler sees during the step.
         self._resident = {**weights, **_optimizer_storages(optimizer), **_storages(p.grad for p in model.parameters())}
-        self._activations = self._gradients = self._optimizer = self._tokens = 0
+        self._activations = self._gradients = self._optimizer = self._paged = self._tokens = 0
         self.active = True
         if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
-            torch.cuda.reset_peak_memory_stats(self._device)
+            reset_cuda_peak(self._device)
         else:
             self._quiet = _QuietStderr().__enter__()
             self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
@@ -293,6 +319,7 @@ class StepMemoryProbe:
     def after_optimizer_step(self, optimizer: Any) -> None:
         if self.active:
             self._optimizer = sum(n for k, n in _optimizer_storages(optimizer).items() if k not in self._weight_keys)
+            self._paged = sum(_paged_storages(optimizer).values())
 
     def close(self) -> None:
         """Stop measuring without a result: for a step that raised (the CPU profiler would stay on)."""
@@ -309,15 +336,17 @@ class StepMemoryProbe:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
             peak = torch.cuda.max_memory_allocated(self._device)
+            outside_peak = self._paged  # managed memory: in the optimizer category, never in the allocator's peak
         else:
             self._profiler.__exit__(None, None, None)
             self._quiet.__exit__()
             peak = sum(self._resident.values()) + _cpu_peak_above_start(self._profiler)
             self._profiler = None
-        tracked = self._weights + self._optimizer + max(self._activations, self._gradients)
+            outside_peak = 0  # bitsandbytes pages nothing on a CPU
+        tracked = self._weights + self._optimizer - outside_peak + max(self._activations, self._gradients)
         self._result = {"weights": self._weights, "gradients": self._gradients, "optimizer": self._optimizer,
                         "activations": self._activations, "other": max(0, peak - tracked), "step_peak": int(peak),
-                        "tokens": self._tokens}
+                        "tokens": self._tokens, "paged_optimizer": self._paged}
         self._model = self._resident = None  # hold no reference to the model or the batch after the step
         return dict(self._result)
 
@@ -333,18 +362,20 @@ def _linear_shape(module: torch.nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def _architecture(config: Any) -> dict[str, Any]:
+    return _shapes(meta_model(config))
+
+
 @lru_cache(maxsize=8)
-def _architecture(config_json: str, config_class: type) -> dict[str, Any]:
+def _shapes(model: torch.nn.Module) -> dict[str, Any]:
     """Exact parameter shapes from a model built on the meta device: any architecture, no memory, no download."""
-    config = config_class.from_dict(json.loads(config_json))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
     head = model.get_output_embeddings()
     params = list(model.parameters())  # tied weights appear once
     linears = [(name.split(".")[-1], *shape, module is head) for name, module in model.named_modules()
                if (shape := _linear_shape(module)) is not None]
     return {"params": sum(p.numel() for p in params), "tensors": len(params),
-            "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers()), "linears": linears}
+            "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers()), "linears": linears,
+            "attention": model.config._attn_implementation}
 
 
 def _nf4_bytes(values: int, double_quant: bool) -> int:
@@ -368,7 +399,7 @@ def _weight_split(arch: dict[str, Any], double_quant: bool) -> dict[str, int]:
 def weight_split(config: Any, double_quant: bool = True) -> dict[str, int]:
     """Where a 4-bit (QLoRA) base's weight bytes go, as predict counts them: {"nf4_params", "nf4_bytes",
     "fp32_params", "fp32_bytes"} (an adapter adds 4 bytes per trainable parameter on top)."""
-    return _weight_split(_architecture(config.to_json_string(use_diff=False), type(config)), double_quant)
+    return _weight_split(_architecture(config), double_quant)
 
 
 # Saved activations per token and layer, in bytes per hidden (a_h), intermediate (a_i) and attention (a_q) element,
@@ -376,6 +407,14 @@ def weight_split(config: Any, double_quant: bool = True) -> dict[str, int]:
 # counted from SmolLM2's saved tensors (transformers 5.23, peft 0.21, torch 2.13; within 1% on all 8 runs).
 # m = the dropout mask's bytes per element. Keys: (16-bit autocast, method, dropout) -> (a_h, a_i).
 _ATTENTION = {False: (16, 4), True: (8, 2)}  # a_q: SDPA keeps q, k, v, out; s: the mask, both in the query dtype
+# Eager attention keeps, instead of SDPA's mask, its heads x T_row probabilities per token: the fp32 softmax output,
+# and under autocast also the 16-bit copy the value matmul saves (measured on Llama's and GPT-Neo's eager attention:
+# 4.0 and 6.0 bytes per probability).
+_EAGER_PROBABILITIES = {False: 4, True: 6}
+# TRL's fused LM head on a CPU (its torch fallback, no Triton): bytes per element of its token x vocabulary tile at
+# the step's peak, the tile and the fallback's fp32 temporaries folding it (measured: 44.9 fp32, 37.0 bf16). The
+# Triton kernels a GPU runs fold the tile in place, so there the tile alone counts.
+_CPU_FUSED_TILE = {False: 45, True: 37}
 _COEFFICIENTS = {
     # fp32 full: two RMSNorm inputs and outputs, the norm outputs feed q/k/v and gate/up; SiLU in/out, up, product
     (False, "full", False): lambda m: (24, 16),
@@ -396,42 +435,55 @@ _COEFFICIENTS = {
 
 def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_step: int, processes: int = 1,
             sharded: bool = False, targets: Sequence[str] | None = None, row_tokens: int | None = None,
-            qlora_compute: str | None = None) -> dict[str, int]:
+            qlora_compute: str | None = None, loss_head: str | None = None) -> dict[str, int]:
     """Bytes one device needs for one training step of `spec`, before any weight is loaded.
 
     tokens_per_step: tokens one device processes in one micro-batch (the lab passes its largest batch's,
     helpers.runs.Lab.largest_batch_tokens, the batch its runs measure); row_tokens: the packed row's length (the T x T
     attention mask), by default all of them (the lab packs a micro-batch's examples into one row). processes K with
-    sharded=True (FSDP full shard): weights, gradients and optimizer state divided by K. targets: the LoRA layer
+    sharded=True (FSDP full shard): parameters, gradients and optimizer state divided by K, but not buffers nor
+    QLoRA's uint8 4-bit weights (accelerate leaves those out of FSDP: whole on every GPU). targets: the LoRA layer
     names when spec.lora.target_modules is None (the preset's lora_targets). qlora_compute: the 4-bit compute dtype,
-    by default the precision (helpers.models.bnb_config). Trainable weights are fp32, the optimizer AdamW.
+    by default the precision (helpers.models.bnb_config). loss_head: "full logits" or "fused" (TRL's chunked LM head),
+    by default the one the lab's trainer uses on `device` (helpers.training.loss_head_for). The attention is the one
+    transformers picks for the config (SDPA, or eager where the architecture has nothing else). Trainable weights are
+    fp32, the optimizer AdamW.
     Returns the five categories, "total" (their sum), "peak" (weights + optimizer + max(activations, gradients) +
     other: activations are freed while gradients are created) and "trainable_params".
     """
-    arch = _architecture(config.to_json_string(use_diff=False), type(config))
+    arch = _architecture(config)
     method = spec.method
     names = set(spec.lora.target_modules or targets or ()) if spec.lora else set()
     if spec.lora and not names:
         raise ValueError(f"predict({spec.run_id!r}): which layers LoRA adapts is unknown. Fix: pass targets=the "
                          "preset's lora_targets (helpers.models.get_preset(name).lora_targets).")
+    if loss_head is None:
+        from .training import loss_head_for
+
+        loss_head = loss_head_for(device)
+    if loss_head not in ("full logits", "fused"):
+        raise ValueError(f"predict(loss_head={loss_head!r}): there is no such loss head. Fix: 'full logits' or "
+                         "'fused' (helpers.training.loss_head_for(device)).")
     adapted = [(i, o) for name, i, o, _ in arch["linears"] if name in names]
     r = spec.lora.r if spec.lora else 0
     lora_params = sum(r * (i + o) for i, o in adapted)
 
     # Weights: fp32 everywhere (load_model, prepare_model_for_kbit_training) except NF4 linear layers (not the head).
+    buffers = arch["buffer_bytes"]
     if spec.quantization:
         split = _weight_split(arch, spec.quantization.bnb_4bit_use_double_quant)
-        weights = split["nf4_bytes"] + split["fp32_bytes"] + 4 * lora_params
+        nf4, parameters = split["nf4_bytes"], split["fp32_bytes"] - buffers + 4 * lora_params
     else:
-        weights = 4 * (arch["params"] + lora_params) + arch["buffer_bytes"]
+        nf4, parameters = 0, 4 * (arch["params"] + lora_params)
     trainable = arch["params"] if method == "full" else lora_params
     trainable_tensors = arch["tensors"] if method == "full" else 2 * len(adapted)
     gradients = 4 * trainable
     optimizer = 8 * trainable + 4 * trainable_tensors  # AdamW: exp_avg, exp_avg_sq (fp32) and an fp32 step scalar
-    if sharded and processes > 1:
-        weights, gradients, optimizer = (math.ceil(x / processes) for x in (weights, gradients, optimizer))
+    if sharded and processes > 1:  # FSDP shards parameters; buffers and frozen uint8 4-bit weights stay whole
+        parameters, gradients, optimizer = (math.ceil(x / processes) for x in (parameters, gradients, optimizer))
+    weights = nf4 + parameters + buffers
 
-    # Activations: A = T * [L * (a_h*h + a_i*i + a_q*q + s*T_row + 4*heads + n_adapted*r*s) + 4V + 12h] + C
+    # Activations: A = T * [L * (a_h*h + a_i*i + a_q*q + s*T_row + 4*heads + n_adapted*r*s) + head + 12h] + C
     h, n_layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
     inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * h  # GPT-2/Neo: 4h
     heads = config.num_attention_heads
@@ -446,20 +498,46 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
     a_h, a_i = _COEFFICIENTS[(autocast, kind, dropout)](m)
     a_q, s = _ATTENTION[autocast]
     row = row_tokens or tokens_per_step
-    per_layer = a_h * h + a_i * inter + a_q * q + s * row + 4 * heads + (len(adapted) // n_layers) * r * s
-    # + the fp32 log-softmax of the logits (transformers upcasts) and the final norm's input and output
-    activations = tokens_per_step * (n_layers * per_layer + 4 * vocab + 12 * h)
+    scores = _EAGER_PROBABILITIES[autocast] * heads * row if arch["attention"] == "eager" else s * row
+    per_layer = a_h * h + a_i * inter + a_q * q + scores + 4 * heads + (len(adapted) // n_layers) * r * s
+    if loss_head == "full logits":  # the fp32 log-softmax of the logits (transformers upcasts)
+        head = 4 * vocab
+    else:  # the fused head keeps the hidden states it scores and a few numbers per token, no logits
+        head = 4 * h + 16
+    activations = tokens_per_step * (n_layers * per_layer + head + 12 * h)  # + the final norm's input and output
     if autocast:  # autocast's 16-bit weight copies, saved by each matmul for its input gradient (frozen ones too);
-        # a 4-bit layer ignores autocast (it dequantizes in its compute dtype), the LM head is never 4-bit
-        copied = sum(i * o for _, i, o, is_head in arch["linears"] if is_head or method != "qlora")
+        # a 4-bit layer ignores autocast (it dequantizes in its compute dtype), the LM head is never 4-bit, and the
+        # fused head casts its weight chunk by chunk without keeping it
+        copied = sum(i * o for _, i, o, is_head in arch["linears"]
+                     if (loss_head == "full logits" if is_head else method != "qlora"))
         activations += 2 * (copied + lora_params)
-    other = 2 * 4 * tokens_per_step * vocab  # two fp32 logits-sized tensors: the logits' gradient and its input's
+    if loss_head == "full logits":
+        other = 2 * 4 * tokens_per_step * vocab  # two fp32 logits-sized tensors: the logits' gradient and its input's
+    else:
+        other = _fused_head_peak(tokens_per_step, vocab, h, autocast, device, head_trainable=method == "full")
+    if arch["attention"] == "eager":  # one layer's fp32 probability gradient in its backward
+        other += 4 * heads * row * row
     prediction = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
                   "other": other}
     prediction["total"] = sum(prediction.values())
     prediction["peak"] = weights + optimizer + max(activations, gradients) + other
     prediction["trainable_params"] = trainable
     return {k: int(v) for k, v in prediction.items()}
+
+
+def _fused_head_peak(tokens: int, vocab: int, hidden: int, autocast: bool, device: str, head_trainable: bool) -> int:
+    """The memory TRL's fused LM head adds at the step's peak, in its backward: one token x vocabulary tile (in the
+    compute dtype), the fp32 gradient of the hidden states, the 16-bit casts of a weight chunk and of the hidden
+    states under autocast, and the LM head's fp32 weight gradient when it trains. On a GPU it scores only the
+    completion tokens; `tokens` (all of them) bounds that."""
+    from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    n, c = min(tokens, TOKEN_CHUNK_SIZE), min(vocab, _CHUNKED_LOGPROB_CHUNK_SIZE)
+    compute = 2 if autocast else 4
+    tile = n * c * (_CPU_FUSED_TILE[autocast] if device == "cpu" else compute)
+    casts = compute * (c + n) * hidden if autocast else 0
+    return tile + 4 * tokens * hidden + casts + (4 * vocab * hidden if head_trainable else 0)
 
 
 # ---- refusing a run that cannot fit ------------------------------------------------------------------------
@@ -492,4 +570,6 @@ def check_fits(prediction: dict[str, int], free_bytes: int, what: str,
     raise MemoryFitError(
         f"{what} needs about {gb(prediction['peak'])} at its peak ({parts}; gradients and activations are not held "
         f"at the same time) but the device has {gb(free_bytes)} free, of which about {FIT_FRACTION:.0%} is usable. "
-        f"Fix: {choices + '; ' if choices else ''}or several GPUs with FSDP (README).")
+        f"Fix: {choices + '; ' if choices else ''}or several GPUs with FSDP (README), which shards weights, gradients "
+        "and optimizer state; or fewer tokens per step (helpers.Lab(..., batch_size=..., max_length=...)), which "
+        "shrinks the activations.")

@@ -4,8 +4,11 @@ cache when offline, as transformers itself does)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -48,7 +51,9 @@ PRESETS: dict[str, ModelPreset] = {
     "gpt-neo-1.3b": ModelPreset(
         "gpt-neo-1.3b", "hub", "EleutherAI/gpt-neo-1.3B", ("q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"),
         2048,
-        "GPT-Neo 1.3B (a seed project's QLoRA model): no chat template; on a T4 only QLoRA fits."),
+        "GPT-Neo 1.3B (a seed project's QLoRA model): no chat template; eager attention only, so packed rows of at "
+        "most 2,048 tokens and heads x T^2 probabilities kept per layer: on a T4 only QLoRA fits, with micro-batches "
+        "of about 1,000 tokens or fewer (README)."),
 }
 OFFLINE_PRESET = "smollm2-135m-bundled"
 
@@ -187,7 +192,9 @@ def load_model(preset_name: str, device: str, quantization: BitsAndBytesConfig |
     kwargs: dict = {"dtype": torch.float32}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        # A 4-bit model cannot be moved after loading, so it loads onto this process's own GPU: under torchrun or
+        # accelerate launch LOCAL_RANK names it (what accelerate then trains on; on another GPU it refuses).
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if device == "cuda" else {"": "cpu"}
     if quantization is not None and device == "cpu" and get_preset(preset_name).source == "bundled":
         model = _load_4bit_on_cpu(preset_name, **kwargs)
     else:
@@ -236,11 +243,37 @@ def linear_layer_names(model: torch.nn.Module) -> set[str]:
             and name.split(".")[-1] not in ("embed_tokens", "wte", "wpe")}
 
 
+@lru_cache(maxsize=8)
+def _meta_model(config_json: str, config_class: type, attention: str | None) -> PreTrainedModel:
+    config = config_class.from_dict(json.loads(config_json))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, **({"attn_implementation": attention} if attention else {}))
+
+
+def meta_model(config) -> PreTrainedModel:
+    """The model of `config` built on the meta device: every shape and the attention implementation transformers
+    picks when loading it (SDPA where the architecture has it, else eager), no memory, no weight. Cached; not to be
+    changed. The config's JSON leaves out the attention implementation, so it is passed on beside it."""
+    return _meta_model(config.to_json_string(use_diff=False), type(config),
+                       getattr(config, "_attn_implementation", None))
+
+
+def packed_row_limit(model: torch.nn.Module) -> int | None:
+    """The longest row of packed examples the model's attention takes, or None for any length.
+
+    Packed examples restart their positions, so position embeddings bound each example (ModelPreset.context), not the
+    row. But an attention that slices its causal mask from a fixed max_position_embeddings-square buffer (GPT-Neo's
+    eager attention, its only one in transformers 5.23) raises a shape error on a longer row.
+    """
+    size = getattr(model.config, "max_position_embeddings", None)
+    if size and any(b.dim() >= 2 and tuple(b.shape[-2:]) == (size, size) for b in model.buffers()):
+        return size
+    return None
+
+
 def model_layer_names(preset_name: str) -> set[str]:
     """linear_layer_names from the config alone: the model is built on the meta device, so no weight is loaded."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(load_config(preset_name))
-    return linear_layer_names(model)
+    return linear_layer_names(meta_model(load_config(preset_name)))
 
 
 def expected_lora_parameters(model: torch.nn.Module, targets, r: int) -> int:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .formatting import decimals_for, format_bytes, format_count, format_interval, format_percent, format_ratio
-from .measures import (MEASURES, PARETO_PAIRS, Frontier, by_run, change, difference, flagged, interval, mean, mean_of,
-                       missing_runs, pareto, usable)
+from .measures import (MEASURES, PARETO_PAIRS, Frontier, by_run, change, difference, flagged, flags, interval, mean,
+                       mean_of, missing_runs, pareto, trained_tokens, usable)
 from .results import Loaded
 from .statistics import Interval, compare_runs
 
@@ -93,6 +93,24 @@ def compare_sentence(records: list[dict], run_a: str, run_b: str) -> str:
     return f"{run_a} vs {run_b}: " + "; ".join(parts) + "."
 
 
+def _budget_changed(record: dict) -> str:
+    t = record["training"]
+    return (f"trained {trained_tokens(record):,} of its {t['tokens']:,} tokens: the fp16 loss scaler skipped "
+            f"{t.get('skipped_steps', '?')} of its {t['steps']} updates after training had started (or all of them), so "
+            "its token budget is not the other runs'")
+
+
+def _why_flagged(record: dict) -> str:
+    """What a flagged record did: 'ended worse than it started (a -> b)', 'trained n of m tokens: ...', or both."""
+    why = []
+    if "worse_than_before" in flags(record):
+        why.append(f"ended worse than it started ({record['eval']['perplexity_before']:.2f} -> "
+                   f"{record['eval']['perplexity_after']:.2f})")
+    if "budget_changed" in flags(record):
+        why.append(_budget_changed(record))
+    return " and ".join(why)
+
+
 def loading_report(records: list[dict], left_out: list[tuple[str, str]], directory: Path | str) -> str:
     """What load_all found: the runs read (with their seeds), and every file left out with its reason."""
     lines = [f"Results folder: {directory}"]
@@ -105,9 +123,7 @@ def loading_report(records: list[dict], left_out: list[tuple[str, str]], directo
     if missing:
         lines.append(f"Not there (yet): {', '.join(missing)} — {_how_to_produce(missing)} to produce them.")
     for r in flagged(records):
-        lines.append(f"Flagged: {r['run_id']} seed {r['seed']} ended worse than it started "
-                     f"({r['eval']['perplexity_before']:.2f} -> {r['eval']['perplexity_after']:.2f}); it is shown but "
-                     "not averaged in.")
+        lines.append(f"Flagged: {r['run_id']} seed {r['seed']} {_why_flagged(r)}; it is shown but not averaged in.")
     if left_out:
         older = [name for name, reason in left_out if reason.startswith("older schema")]
         if older:
@@ -148,7 +164,7 @@ def _notes_about_the_set(records: list[dict]) -> list[str]:
         if len(values) > 1:
             notes.append(f"The runs come from different {what} ({', '.join(values)}): their numbers are not "
                          "comparable; re-run them with the same settings.")
-    tokens = sorted({r["training"]["tokens"] for r in records})
+    tokens = sorted({trained_tokens(r) for r in records})  # the updates applied: skipped ones trained nothing
     if len(tokens) == 1:
         notes.append(f"Every run trained on the same {format_count(tokens[0])} real tokens, so the differences come "
                      "from the method.")
@@ -167,9 +183,21 @@ def _notes_about_the_set(records: list[dict]) -> list[str]:
         notes.append("These are smoke-profile numbers (a couple of training steps): they check that everything "
                      "works, not which method is better.")
     for r in flagged(records):
-        notes.append(f"{r['run_id']} (seed {r['seed']}) ended worse than it started on held-out perplexity "
-                     f"({r['eval']['perplexity_before']:.2f} -> {r['eval']['perplexity_after']:.2f}): it is not a "
-                     "result, and is left out of every mean and comparison (try a lower learning rate).")
+        if "worse_than_before" in flags(r):
+            notes.append(f"{r['run_id']} (seed {r['seed']}) ended worse than it started on held-out perplexity "
+                         f"({r['eval']['perplexity_before']:.2f} -> {r['eval']['perplexity_after']:.2f}): it is not a "
+                         "result, and is left out of every mean and comparison (try a lower learning rate).")
+        if "budget_changed" in flags(r):
+            notes.append(f"{r['run_id']} (seed {r['seed']}) {_budget_changed(r)}; it is left out of every mean and "
+                         "comparison (fp16 gradients overflowed: try a lower learning rate, or bf16 on a GPU that has "
+                         "it).")
+    for r in records:
+        t = r["training"]
+        if t.get("skipped_steps") and "budget_changed" not in flags(r):
+            notes.append(f"{r['run_id']} (seed {r['seed']}): the fp16 loss scaler skipped its first "
+                         f"{t['skipped_steps']} update(s) while finding its scale, before any weight moved, so it "
+                         f"trained {trained_tokens(r):,} of its {t['tokens']:,} tokens "
+                         "(tolerated, README).")
     return notes
 
 

@@ -116,8 +116,8 @@ def _headroom(ax: Axes, values: list[float], log: bool, room: float = 1.18) -> N
 
 
 def _groups(records: list[dict]) -> list[tuple[str, list[dict], bool]]:
-    """(run_id, the records its bars use, flagged) in RUN_ORDER: a run whose every record ended worse than it started
-    is still drawn (flagged), never mixed into another run's mean."""
+    """(run_id, the records its bars use, flagged) in RUN_ORDER: a run whose every record was flagged (ended worse than
+    it started, or skipped updates changed its budget) is still drawn (flagged), never mixed into another run's mean."""
     out = []
     for run_id, recs in by_run(records).items():
         good = usable(recs)

@@ -199,6 +199,26 @@ def load_all(directory: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     return records, rejected
 
 
+def run_status(perplexity_before: float, perplexity_after: float, outcome) -> dict:
+    """A record's flags, each with its note: a run that made the model worse, or whose skipped updates changed its
+    token budget (helpers.training.skips_change_budget), is listed but never averaged in (helpers.measures.usable)."""
+    worse = perplexity_after > perplexity_before
+    notes = [f"held-out perplexity rose from {perplexity_before:.2f} to {perplexity_after:.2f}: this run made the "
+             "model worse (learning rate too high for this method?)"] if worse else []
+    skipped = outcome.skipped_at
+    if outcome.budget_changed:
+        notes.append(f"the fp16 loss scaler skipped {len(skipped)} of its {outcome.steps} updates (step"
+                     f"{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}), after training had started "
+                     f"or in every step: it trained {outcome.trained_tokens:,} of its {outcome.tokens:,} tokens, so "
+                     "its token budget is not the other runs' (gradients overflowed fp16: a lower learning rate, or "
+                     "bf16 on a GPU that has it)")
+    elif skipped:
+        notes.append(f"the fp16 loss scaler skipped its first {len(skipped)} update{'s' if len(skipped) > 1 else ''} "
+                     f"while finding its scale: it trained {outcome.trained_tokens:,} of its {outcome.tokens:,} tokens "
+                     "(tolerated: no weight had moved yet)")
+    return {"worse_than_before": worse, "budget_changed": outcome.budget_changed, "notes": notes}
+
+
 def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at: str, fingerprint: str,
                  targets: list[str] | None, data, params: tuple[int, int, int], outcome, memory: dict, before: dict,
                  after: dict, forgetting_after: dict | None, generations_after: list[str],
@@ -222,7 +242,6 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
                       "loss_after": forgetting_after["loss"], "perplexity_after": forgetting_after["perplexity"],
                       "per_example_before": fb["per_example"], "per_example_after": forgetting_after["per_example"]}
     eb = before["eval"]
-    worse = after["perplexity"] > eb["perplexity"]
     return {
         "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "method": spec.method, "seed": seed,
         "started_at": started_at, "finished_at": finished_at, "config_fingerprint": fingerprint,
@@ -236,6 +255,8 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
         "params": {"trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
                    "expected_trainable": expected},
         "training": {"steps": outcome.steps, "tokens": outcome.tokens, "target_tokens": outcome.target_tokens,
+                     "skipped_steps": len(outcome.skipped_at), "skipped_at": outcome.skipped_at,
+                     "trained_tokens": outcome.trained_tokens,
                      "seconds": outcome.seconds, "seconds_total": outcome.seconds_total,
                      "tokens_per_second": outcome.tokens_per_second,
                      "tokens_per_second_median": outcome.tokens_per_second_median, "learning_rate": outcome.learning_rate,
@@ -255,10 +276,7 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
                  "perplexity_after": after["perplexity"], "bits_per_token_after": after["bits_per_token"],
                  "per_example_before": eb["per_example"], "per_example_after": after["per_example"]},
         "forgetting": forgetting,
-        "status": {"worse_than_before": worse,
-                   "notes": ([f"held-out perplexity rose from {eb['perplexity']:.2f} to {after['perplexity']:.2f}: "
-                              "this run made the model worse (learning rate too high for this method?)"]
-                             if worse else [])},
+        "status": run_status(eb["perplexity"], after["perplexity"], outcome),
         "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in
                         zip(data.instructions, before["generations"], generations_after)],
         # relative to the results folder (set-<id>/artifacts/... for a run of other settings), so a results folder can

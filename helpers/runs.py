@@ -14,10 +14,12 @@ from trl import SFTConfig
 
 from . import baseline, memory, profiles, results, specs, tracking
 from .data import LabData, longest_examples, prepare_data, prepare_text
-from .environment import Environment, Parallel, detect, launched_parallel, results_dir, write_directory_atomically
+from .environment import (Environment, Parallel, detect, full_checkpoints_dir, launched_parallel, results_dir,
+                          write_directory_atomically)
 from .evaluation import generate, perplexity
 from .memory import MemoryMeter, release
-from .models import expected_lora_parameters, get_preset, load_config, load_model, load_tokenizer, parameter_count
+from .models import (expected_lora_parameters, get_preset, load_config, load_model, load_tokenizer, meta_model,
+                     packed_row_limit, parameter_count)
 from .profiles import Profile, get_profile
 from .specs import RunSpec, check
 from .training import LabTrainer, build_base, complete_checkpoint, make_trainer, sft_config, train
@@ -42,16 +44,33 @@ class Lab:
         self.env: Environment = detect()
         self.results_dir = Path(results) if results else results_dir()
         # Under torchrun / accelerate launch: several processes train one run (helpers.tools.distributed)
-        self.parallel: Parallel = parallel or launched_parallel()
-        self.parallel.per_device_batch(self.profile.batch_size)  # refused now if the batch cannot be split
+        parallel = parallel or launched_parallel()
+        parallel.per_device_batch(self.profile.batch_size)  # refused now if the batch cannot be split
+        # A model whose attention takes only rows up to its context (GPT-Neo) trains each step as several packed
+        # rows within it: accumulated micro-batches of the same examples, the loss normalised by the whole step's
+        # tokens (as for several processes), so the token budget and the update stay those of one row.
+        self.row_limit = self._row_limit(parallel)
+        self.parallel: Parallel = parallel if self.row_limit is None else parallel.with_rows_within(
+            self.profile.batch_size, self.profile.max_length, self.row_limit)
+
+    def _row_limit(self, parallel: Parallel) -> int | None:
+        """The model's packed-row limit (helpers.models.packed_row_limit) where this profile's rows could pass it.
+        A limit is the model's max_position_embeddings, which its preset's context records: rows within the context
+        need no look at the config."""
+        p = self.profile
+        if parallel.per_device_batch(p.batch_size) * p.max_length <= get_preset(p.model).context:
+            return None
+        return packed_row_limit(meta_model(load_config(p.model)))
 
     def describe(self) -> str:
         p = self.profile
         forgetting = f"; forgetting on {p.forgetting}" if p.forgetting else ""
+        rows = (f" (packed rows of at most {self.row_limit} tokens, all this model's attention takes; evaluation "
+                "packs too)" if self.row_limit else "")
         return (f"{self.env.describe()}\nprofile {p.name}: model {p.model}, data {p.dataset}, "
                 f"{p.max_steps} steps x {p.batch_size} examples (max {p.max_length} tokens), "
                 f"held-out {p.eval_examples} examples{forgetting}; training seeds {list(p.seeds)}; "
-                f"{self.parallel.describe()}\nresults -> {self.results_dir}")
+                f"{self.parallel.describe()}{rows}\nresults -> {self.results_dir}")
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -92,8 +111,14 @@ class Lab:
     def artifact_path(self, record: dict) -> Path:
         return self.results_dir / record["artifact"]["path"]
 
-    def checkpoint_dir(self, run_id: str, seed: int) -> Path:
-        path = self.result_path(run_id, seed)
+    def checkpoint_dir(self, spec: RunSpec, seed: int) -> Path:
+        """Where (spec, seed) saves its resumable checkpoints: beside its results file; full fine-tuning's (weights
+        and AdamW state, ~12 bytes per parameter each) under $LAB_FULL_CHECKPOINTS_DIR where that is set (on Colab
+        the runtime's own disk, so that they never fill Google Drive: helpers.colab)."""
+        path = self.result_path(spec.run_id, seed)
+        elsewhere = full_checkpoints_dir()
+        if spec.method == "full" and elsewhere is not None:  # set-<id>/ kept: settings sets stay apart there too
+            return elsewhere / path.parent.relative_to(self.results_dir) / path.stem
         return path.parent / "checkpoints" / path.stem
 
     # ---------------------------------------------------------------- measuring
@@ -172,7 +197,7 @@ class Lab:
     def sft_config(self, spec: RunSpec, seed: int | None = None) -> SFTConfig:
         """The SFTConfig lab.run(spec) trains `seed` with (default: the profile's first seed)."""
         seed = self.seeds[0] if seed is None else seed
-        return sft_config(self.resolve(spec), self.profile, self.env, seed, self.checkpoint_dir(spec.run_id, seed),
+        return sft_config(self.resolve(spec), self.profile, self.env, seed, self.checkpoint_dir(spec, seed),
                           self.report_to, self.parallel)
 
     def trainer(self, spec: RunSpec, seed: int | None = None) -> LabTrainer:
@@ -185,7 +210,7 @@ class Lab:
         label = results.file_name(spec.run_id, seed).removesuffix(".json")
         model = build_base(spec, self.profile, self.env)
         return make_trainer(model, spec, self.profile, self.env, self.data.train, self.tokenizer, seed,
-                            self.checkpoint_dir(spec.run_id, seed), label, self.fingerprint(spec, seed),
+                            self.checkpoint_dir(spec, seed), label, self.fingerprint(spec, seed),
                             self.report_to, self.parallel)
 
     # ---------------------------------------------------------------- runs
@@ -224,9 +249,10 @@ class Lab:
     def _memory_block(self, spec: RunSpec, measured: dict[str, int], examples: list[int], meter: MemoryMeter) -> dict:
         """The categories and step peak measured on the largest batch (per device: this process's; every
         process's in per_process), which batch that was, the prediction for the same tokens, and as a check the
-        device's own peak over every training step (labelled: CUDA max allocated and reserved, or CPU RSS sampled)."""
+        device's own peak over every training step (labelled: CUDA max allocated and reserved, or CPU RSS sampled),
+        and the optimizer state a paged optimizer keeps in CUDA managed memory, which neither CUDA peak contains."""
         block = {"device_peak_bytes": meter.peak_bytes, "device_peak_kind": meter.kind,
-                 "device_reserved_bytes": meter.reserved,
+                 "device_reserved_bytes": meter.reserved, "paged_optimizer_bytes": measured["paged_optimizer"],
                  "categories": {c: measured[c] for c in memory.CATEGORIES}, "step_peak_bytes": measured["step_peak"],
                  "measured_batch": {"train_indices": examples, "tokens": measured["tokens"],
                                     "micro_batches": self.parallel.accumulation},
@@ -268,7 +294,7 @@ class Lab:
             print(f"{label}: settings set {self.settings['id']} ({results.describe_settings(self.settings)}): "
                   f"written in {where}, beside the results in {self.results_dir}, never over them.")
         fingerprint = self.fingerprint(spec, seed)
-        checkpoints = self.checkpoint_dir(spec.run_id, seed)
+        checkpoints = self.checkpoint_dir(spec, seed)
         if force:
             shutil.rmtree(checkpoints, ignore_errors=True)
         resume = complete_checkpoint(checkpoints, fingerprint) if checkpoints.exists() else None
@@ -311,10 +337,13 @@ class Lab:
         path = results.write_atomic(record, where / results.file_name(spec.run_id, seed))
         tracking.log_record(record, self.report_to, log_dir)
         shutil.rmtree(checkpoints, ignore_errors=True)
+        skipped = "" if not outcome.skipped_at else (
+            f"; the fp16 loss scaler skipped {len(outcome.skipped_at)} of {outcome.steps} updates ("
+            + ("FLAGGED: its token budget changed" if outcome.budget_changed else "while finding its scale") + ")")
         print(f"{label}: perplexity {before['eval']['perplexity']:.2f} -> {after['perplexity']:.2f}, "
               f"{outcome.tokens_per_second_median:.0f} tokens/s (median step), "
               f"whole-training peak {meter.peak_bytes / 2**20:.0f} MiB "
-              f"(the tables' step peak is one measured step) -> {path}")
+              f"(the tables' step peak is one measured step){skipped} -> {path}")
         del model, trainer
         release()
         return record

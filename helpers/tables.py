@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 import pandas as pd
 
 from .formatting import MIB, format_count, format_interval, format_number, missing
-from .measures import MEASURES, by_run, flagged, interval, mean, usable
+from .measures import FLAGS, MEASURES, by_run, flags, interval, mean, usable
 
 MEMORY_CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
 
@@ -104,7 +104,8 @@ def _human_means(human_eval: Mapping | None) -> dict[str, dict]:
 
 def summary_frame(records: list[dict], human_eval: dict | None = None) -> pd.DataFrame:
     """One row per run (RUN_ORDER): what it trains and saves, and each measured quantity as mean ± 95% interval
-    over its seeds. Records worse than before training are left out of the row (and counted in "excluded")."""
+    over its seeds. Flagged records (worse than before training, a token budget changed by skipped updates) are left
+    out of the row and counted in "excluded"."""
     rows = []
     for run_id, all_recs in by_run(records).items():
         recs = usable(all_recs) or all_recs  # a run with only flagged records still shows, flagged
@@ -123,8 +124,8 @@ def summary_frame(records: list[dict], human_eval: dict | None = None) -> pd.Dat
         if any(r.get("generations") for r in recs):
             row["repeated 3-grams % before"] = mean(MEASURES["repeated 3-grams % before"].value(r) for r in recs)
             row["repeated 3-grams % after"] = interval(recs, MEASURES["repeated 3-grams % after"])
-        bad = len(flagged(all_recs))
-        row["excluded"] = f"{bad} worse than before" if bad else ""
+        counts = {key: sum(key in flags(r) for r in all_recs) for key in FLAGS}
+        row["excluded"] = ", ".join(f"{n} {FLAGS[key]}" for key, n in counts.items() if n)
         rows.append(row)
     columns = ["run", "method", "rank", "seeds", "trainable params", "trainable %", "artifact MiB", "peak memory MiB",
                "tokens/s", "perplexity before", "perplexity after"]

@@ -44,6 +44,11 @@ class DivergedError(RuntimeError):
     """The loss became NaN or infinite: nothing this run would record is a result."""
 
 
+def loss_head_for(device: str) -> str:
+    """The loss head LabTrainer uses on `device` (module docstring): "full logits" on a CPU, TRL's "fused" elsewhere."""
+    return "full logits" if device == "cpu" else "fused"
+
+
 def target_modules(spec: RunSpec, preset_name: str) -> list[str]:
     """The layers LoRA adapts, in the preset's order: the spec's own, or the preset's projections when it names none."""
     preset = get_preset(preset_name)
@@ -180,6 +185,9 @@ class StepRecord:
     forward_backward: float  # seconds in forward + backward
     data: float  # seconds between the previous step's end and this step's forward
     warmup: bool  # the first step of a process pays for lazy initialisation: left out of the throughput
+    # The fp16 loss scaler found inf/NaN gradients and skipped the update: forward and backward ran (the step counts in
+    # the throughput), but its tokens were not trained. Default: markers of checkpoints written before it existed.
+    skipped: bool = False
 
 
 CHECKPOINT_DONE = "lab_checkpoint.json"  # written last: a checkpoint folder without it is incomplete and ignored
@@ -187,8 +195,9 @@ CHECKPOINT_DONE = "lab_checkpoint.json"  # written last: a checkpoint folder wit
 
 class LabTrainer(SFTTrainer):
     """SFTTrainer plus what none of the libraries records: the tokens each optimizer step really trained (counted
-    from the batch the model saw, not from what the data loader fetched ahead), time per step, a stop on NaN,
-    checkpoints that count only once complete, and one more step after training, measured for memory."""
+    from the batch the model saw, not from what the data loader fetched ahead), whether the fp16 loss scaler skipped
+    its update, time per step, a stop on NaN, checkpoints that count only once complete, and one more step after
+    training, measured for memory."""
 
     def __init__(self, *args, fingerprint: str = "", **kwargs):
         super().__init__(*args, **kwargs)
@@ -203,14 +212,14 @@ class LabTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.probe.forward() if self.probe is not None and self.probe.active else nullcontext():
-            if self.args.use_cpu and not return_outputs:  # full logits are faster on a CPU (module docstring)
+            if self.loss_head == "full logits" and not return_outputs:  # faster on a CPU (module docstring)
                 batch = {k: inputs[k] for k in ("input_ids", "labels", "position_ids") if k in inputs}
                 return Trainer.compute_loss(self, model, batch, False, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     @property
     def loss_head(self) -> str:
-        return "full logits" if self.args.use_cpu else "fused"
+        return loss_head_for("cpu" if self.args.use_cpu else self.args.device.type)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         start = time.perf_counter()
@@ -231,8 +240,11 @@ class LabTrainer(SFTTrainer):
         end = time.perf_counter()
         last = self._last_end if self._last_end is not None else end
         data = max(0.0, (self._fetched or last) - last)
+        # Trainer still counts a step whose update the loss scaler skipped (global_step, max_steps); accelerate says
+        # which ones (the same on every process: the scaler checks gradients already reduced over them).
         record = StepRecord(self.state.global_step, end - last, self._pending[0], self._pending[1], self._pending[2],
-                            data, warmup=self._closed_here == 0)
+                            data, warmup=self._closed_here == 0,
+                            skipped=bool(self.accelerator.optimizer_step_was_skipped))
         self.steps.append(record)
         self._closed_here += 1
         self._pending, self._last_end, self._fetched = [0, 0, 0.0], end, None
@@ -366,6 +378,21 @@ def _rate(steps: list[StepRecord]) -> tuple[float, float]:
     return (sum(s.tokens for s in timed) / seconds if seconds > 0 else 0.0), seconds
 
 
+def skips_change_budget(skipped_at: Sequence[int], steps: int) -> bool:
+    """Whether the loss scaler's skipped updates change a run's token budget enough to flag it (README, "fp16
+    skipped updates").
+
+    Skips before the first applied update are the scaler finding its scale (it starts at 2**16 and halves on each
+    overflow): no weight has moved yet and the learning-rate schedule does not advance on a skipped step, so the run
+    starts its schedule at its first applied update and stops those steps short of its end, where the linear decay
+    has the rate near zero; they are recorded, not flagged. A skip after an applied update loses a batch in the middle
+    of training (the lab's profiles train far fewer steps than the 2,000 clean steps after which the scaler tries a
+    larger scale), and a run with no applied update trained nothing: both are flagged."""
+    skipped = set(skipped_at)
+    applied = [step for step in range(1, steps + 1) if step not in skipped]
+    return not applied or any(step > applied[0] for step in skipped)
+
+
 def _median_rate(steps: list[StepRecord]) -> float:
     """Real tokens/s of the median step."""
     rates = [s.tokens / s.seconds for s in steps if s.seconds > 0]
@@ -374,8 +401,8 @@ def _median_rate(steps: list[StepRecord]) -> float:
 
 @dataclass
 class TrainingOutcome:
-    steps: int
-    tokens: int  # real tokens trained, all steps
+    steps: int  # optimizer steps, skipped ones included (the Trainer counts them)
+    tokens: int  # real tokens of every step (forward and backward ran; the throughput counts them)
     target_tokens: int  # completion tokens predicted, all steps
     seconds: float  # the timed steps: not the first (the same steps as tokens_per_second)
     tokens_per_second: float
@@ -391,6 +418,12 @@ class TrainingOutcome:
     resumed_from_step: int | None
     step_seconds: dict[str, float]  # mean seconds per step: forward+backward, optimizer and the rest, data
     log: list[dict] = field(default_factory=list)
+    skipped_at: list[int] = field(default_factory=list)  # steps whose update the fp16 loss scaler skipped
+    trained_tokens: int = 0  # real tokens of the steps whose update was applied: the token budget actually trained
+
+    @property
+    def budget_changed(self) -> bool:
+        return skips_change_budget(self.skipped_at, self.steps)
 
 
 def make_trainer(model: torch.nn.Module, spec: RunSpec, profile: Profile, env: Environment, train_set, tokenizer,
@@ -438,4 +471,5 @@ def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutco
         trainable_dtypes=sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters()
                                  if p.requires_grad}),
         resumed_from_step=int(resume_from.name.split("-")[-1]) if resume_from else None,
-        step_seconds=per_step, log=log)
+        step_seconds=per_step, log=log, skipped_at=[s.step for s in steps if s.skipped],
+        trained_tokens=sum(s.tokens for s in steps if not s.skipped))

@@ -7,7 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 TINY_VOCAB = 128
 
@@ -21,6 +21,18 @@ def make_tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     """Randomly initialised, fp32, CPU; use_cache off exactly as helpers.models.load_model leaves it."""
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_llama_config())
+    model.config.use_cache = False
+    return model
+
+
+def make_tiny_gpt_neo(context: int = 64, seed: int = 0) -> GPTNeoForCausalLM:
+    """GPT-Neo as transformers 5.23 builds it: eager attention only, its causal mask sliced from a fixed context x
+    context buffer (so a packed row longer than the context fails), one global and one local layer."""
+    torch.manual_seed(seed)
+    config = GPTNeoConfig(vocab_size=TINY_VOCAB, hidden_size=32, num_layers=2, num_heads=4, window_size=16,
+                          attention_types=[[["global", "local"], 1]], max_position_embeddings=context,
+                          bos_token_id=2, eos_token_id=2)
+    model = GPTNeoForCausalLM(config)
     model.config.use_cache = False
     return model
 

@@ -10,6 +10,7 @@ cell clones nothing. The test never sets $LAB_RESULTS_DIR: the setup cell does, 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -223,9 +224,13 @@ def fake_runtime(tmp_path, monkeypatch):
     monkeypatch.setattr(colab, "missing", lambda pins: list(pins))
     monkeypatch.setenv(colab.ROOT_ENV, str(tmp_path / "content"))
     monkeypatch.setenv("FAKE_COLAB_DRIVE", str(tmp_path / "drive"))
-    monkeypatch.delenv("LAB_RESULTS_DIR", raising=False)
-    monkeypatch.delenv("LAB_PROFILE", raising=False)
+    monkeypatch.setattr(colab, "_replaced", {})  # a fresh kernel: no package replaced under it yet
+    set_by_setup = ("LAB_RESULTS_DIR", "LAB_PROFILE", colab.FULL_CHECKPOINTS_ENV)
+    for name in set_by_setup:
+        monkeypatch.delenv(name, raising=False)
     yield tmp_path, calls
+    for name in set_by_setup:  # monkeypatch restores only what was set before; setup() may have set the rest
+        os.environ.pop(name, None)
     for name in set(sys.modules) - before:  # later tests must not believe they run on Colab
         if name == "google" or name.startswith("google."):
             del sys.modules[name]
@@ -241,6 +246,8 @@ def test_setup_with_a_gpu_installs_the_colab_pins_only(fake_runtime, monkeypatch
     assert folder == tmp_path / "content" / DRIVE_RESULTS and folder.is_dir()
     assert os.environ["LAB_RESULTS_DIR"] == str(folder)
     assert (tmp_path / "drive" / colab.DRIVE_RESULTS).is_dir(), "the results folder is on the Drive itself"
+    assert os.environ[colab.FULL_CHECKPOINTS_ENV] == str(tmp_path / "content" / "checkpoints")
+    assert f"Full fine-tuning checkpoints: {tmp_path / 'content' / 'checkpoints'} (this runtime's disk, not Drive" in out
 
 
 def test_setup_without_a_gpu_says_how_to_get_one_and_goes_on_offline(fake_runtime, monkeypatch, capsys):
@@ -253,6 +260,85 @@ def test_setup_without_a_gpu_says_how_to_get_one_and_goes_on_offline(fake_runtim
     assert calls == [colab.requirements(ROOT, colab.COLAB_MARK), colab.requirements(ROOT, colab.OFFLINE_MARK),
                      ["--no-deps", *colab.requirements(ROOT, colab.NO_DEPS)]]
     assert os.environ["LAB_PROFILE"] == "cpu" and os.environ["LAB_RESULTS_DIR"] == str(tmp_path / "content" / "results")
+    assert colab.FULL_CHECKPOINTS_ENV not in os.environ, "without Drive every checkpoint is on this runtime's disk anyway"
+
+
+def test_full_fine_tuning_checkpoints_stay_on_the_runtimes_disk_the_adapters_on_drive(fake_runtime, monkeypatch):
+    """After the setup cell with Drive, results, artifacts and LoRA's and QLoRA's checkpoints (adapter and its AdamW
+    state, tens of MB) are on Drive, so a disconnect resumes them; full fine-tuning's (weights and AdamW state, ~1.6 GB
+    each, and Drive's trash keeps every one replaced) go to the runtime's own disk, settings sets kept apart, and the
+    trainer writes there. Elsewhere they all sit beside the results."""
+    import helpers
+
+    tmp_path, _ = fake_runtime
+    monkeypatch.setattr(colab, "has_gpu", lambda: True)
+    drive = colab.setup(ROOT)
+    lab = helpers.Lab("smoke", max_steps=1)  # results in $LAB_RESULTS_DIR, as in a notebook; a demo: in its set-<id>/
+    on_drive = drive / f"set-{lab.settings['id']}"
+    assert lab.result_path("full", 42).parent == on_drive
+    assert lab.checkpoint_dir(helpers.lora(8), 42) == on_drive / "checkpoints" / "lora-r8-seed42"
+    assert lab.checkpoint_dir(helpers.qlora(16), 42) == on_drive / "checkpoints" / "qlora-seed42"
+    local = tmp_path / "content" / "checkpoints" / f"set-{lab.settings['id']}" / "full-seed42"
+    assert lab.checkpoint_dir(helpers.full(), 42) == local
+    assert lab.sft_config(helpers.full()).output_dir == str(local), "the trainer saves there"
+    monkeypatch.delenv(colab.FULL_CHECKPOINTS_ENV)  # make lab, a GPU machine: no such folder named
+    assert lab.checkpoint_dir(helpers.full(), 42) == on_drive / "checkpoints" / "full-seed42"
+
+
+def fake_distribution(site: Path, name: str, version: str) -> None:
+    """`name` at `version` in the folder `site`, as pip leaves it: the package and its .dist-info (replacing any
+    other version's). The folder's time is moved on, as a pip run of seconds does, so metadata is read afresh."""
+    for old in site.glob(f"{name}-*.dist-info"):
+        shutil.rmtree(old)
+    (site / name).mkdir(exist_ok=True)
+    (site / name / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(f"{name}\n")
+    stamp = site.stat().st_mtime + 1
+    os.utime(site, (stamp, stamp))
+
+
+def test_a_package_the_kernel_imported_and_pip_replaced_stops_run_all_until_a_restart(fake_runtime, monkeypatch):
+    """Colab's kernel imports some packages at start (pyarrow, say) that pip then upgrades with datasets: the old
+    version stays loaded, and the next import of the lab fails. setup() says so and stops "Run all": the runtime
+    must be restarted, and "Run all" again then installs nothing and goes on. A replaced package the kernel never
+    imported needs nothing."""
+    tmp_path, calls = fake_runtime
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    fake_distribution(site, "labfake_arrow", "14.0.2")
+    fake_distribution(site, "labfake_unused", "1.0")
+    monkeypatch.syspath_prepend(str(site))
+    import labfake_arrow  # noqa: F401  (imported by the kernel at start, before the setup cell)
+
+    monkeypatch.setitem(sys.modules, "labfake_arrow", sys.modules["labfake_arrow"])  # removed after the test
+
+    def pip_upgrading(args):
+        calls.append(args)
+        fake_distribution(site, "labfake_arrow", "21.0.0")
+        fake_distribution(site, "labfake_unused", "2.0")
+
+    monkeypatch.setattr(colab, "_pip", pip_upgrading)
+    monkeypatch.setattr(colab, "has_gpu", lambda: True)
+    with pytest.raises(RuntimeError, match=r"Runtime -> Restart session, then Runtime -> Run all") as stopped:
+        colab.setup(ROOT)
+    message = str(stopped.value)
+    assert "labfake_arrow 14.0.2 -> 21.0.0" in message and "labfake_unused" not in message
+    assert "LAB_RESULTS_DIR" not in os.environ and not (tmp_path / "content").exists(), "stopped before Drive"
+    # "Run all" again without restarting: every pin is installed now, yet the old version is still loaded
+    monkeypatch.setattr(colab, "missing", lambda pins: [])
+    with pytest.raises(colab.RestartNeeded, match="labfake_arrow 14.0.2 -> 21.0.0"):
+        colab.setup(ROOT)
+    assert len(calls) == 1, "nothing installed the second time"
+    # After Runtime -> Restart session: a fresh kernel that imports the new version, and nothing left to install
+    monkeypatch.setattr(colab, "_replaced", {})
+    del sys.modules["labfake_arrow"]
+    import labfake_arrow  # noqa: F811
+
+    assert labfake_arrow.__version__ == "21.0.0"
+    assert colab.setup(ROOT) == tmp_path / "content" / DRIVE_RESULTS and len(calls) == 1
 
 
 def test_has_gpu_reads_nvidia_smi(monkeypatch):

@@ -119,6 +119,31 @@ def test_worse_than_before_is_flagged_not_averaged():
     assert [t.get_text() for t in fig.axes[3].get_xticklabels()] == ["lora-r8"]  # its usable seeds still plot
 
 
+def test_a_run_whose_skipped_updates_changed_its_budget_is_flagged_not_averaged():
+    """The fp16 loss scaler skipped an update after training had started: the record is flagged like a run that
+    ended worse (listed, left out of every mean); skips before the first update are only noted."""
+    good = three_seeds("lora-r8", [4.0, 4.2, 4.4])
+    skipped = make_record("lora-r8", 3, eval={"perplexity_after": 3.0, "per_example_after": per_example(3.0)},
+                          training={"skipped_steps": 1, "skipped_at": [2], "trained_tokens": 2000},
+                          status={"worse_than_before": False, "budget_changed": True, "notes": ["skipped"]})
+    frame = tables.summary_frame(good + [skipped])
+    assert frame.loc["lora-r8", "perplexity after"].mean == pytest.approx(4.2), "the flagged seed is not averaged in"
+    assert frame.loc["lora-r8", "excluded"] == "1 budget changed by skipped updates"
+    assert measures.flagged(good + [skipped]) == [skipped] and measures.usable([skipped]) == []
+    notes = " ".join(lab_notes.reading_notes(good + [skipped]))
+    assert ("lora-r8 (seed 3) trained 2,000 of its 3,000 tokens: the fp16 loss scaler skipped 1 of its 3 updates after "
+            "training had started") in notes and "left out of every mean" in notes
+    assert "different numbers of tokens (2.00k, 3.00k)" in notes, "tokens trained, not tokens computed"
+    report = lab_notes.loading_report(good + [skipped], [], "x")
+    assert "Flagged: lora-r8 seed 3 trained 2,000 of its 3,000 tokens" in report
+
+    first = make_record("lora-r8", 3, training={"skipped_steps": 1, "skipped_at": [1], "trained_tokens": 2000},
+                        status={"worse_than_before": False, "budget_changed": False, "notes": []})
+    assert measures.usable([first]) == [first]
+    assert "lora-r8 (seed 3): the fp16 loss scaler skipped its first 1 update(s) while finding its scale" in \
+        " ".join(lab_notes.reading_notes(good + [first]))
+
+
 def test_reading_notes_say_within_noise_or_name_the_winner():
     # r32 vs r16 overlap (within noise); full vs r32 are far apart (full wins); paired by seed.
     records = (three_seeds("full", [3.0, 3.1, 2.9]) + three_seeds("lora-r32", [4.0, 4.3, 3.8])

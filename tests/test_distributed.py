@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import LlamaConfig
 
 from helpers import memory
@@ -65,7 +66,10 @@ TINYLLAMA = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_lay
 def test_sharding_divides_weights_gradients_and_optimizer_state():
     one = memory.predict(TINYLLAMA, full(), "fp16", "cuda", 2048, targets=["q_proj"])
     four = memory.predict(TINYLLAMA, full(), "fp16", "cuda", 2048, processes=4, sharded=True, targets=["q_proj"])
-    for part in ("weights", "gradients", "optimizer"):
+    buffers = memory.weight_split(TINYLLAMA)["fp32_bytes"] - 4 * memory.weight_split(TINYLLAMA)["fp32_params"]
+    assert 0 < buffers < 1000  # the rotary frequencies: FSDP shards parameters, not buffers
+    assert four["weights"] == pytest.approx((one["weights"] - buffers) / 4 + buffers, abs=4)
+    for part in ("gradients", "optimizer"):
         assert four[part] == pytest.approx(one[part] / 4, abs=4)
     assert four["activations"] == one["activations"], "activations are per device: each holds its own tokens"
     ddp = memory.predict(TINYLLAMA, full(), "fp16", "cuda", 2048, processes=4, sharded=False, targets=["q_proj"])
@@ -77,3 +81,39 @@ def test_sharding_divides_weights_gradients_and_optimizer_state():
         memory.check_fits(one, int(15e9), "full (1 GPU)",
                           {"QLoRA (helpers.qlora(16))": memory.predict(TINYLLAMA, qlora(), "fp16", "cuda", 2048,
                                                                         targets=["q_proj"])})
+
+
+def test_fsdp_leaves_qlora_4bit_weights_whole_on_every_gpu():
+    """accelerate's FSDP leaves frozen uint8 Params4bit out of sharding (a uint8 weight would lose its quantization
+    state), so each GPU holds all the 4-bit weights; the fp32 rest (embeddings, norms, adapters) is sharded."""
+    one = memory.predict(TINYLLAMA, qlora(16), "fp16", "cuda", 2048, targets=["q_proj"])
+    four = memory.predict(TINYLLAMA, qlora(16), "fp16", "cuda", 2048, processes=4, sharded=True, targets=["q_proj"])
+    split = memory.weight_split(TINYLLAMA)
+    assert split["nf4_bytes"] > 0.45e9
+    fp32_and_adapters = one["weights"] - split["nf4_bytes"]
+    assert four["weights"] == pytest.approx(split["nf4_bytes"] + fp32_and_adapters / 4, abs=1000)
+    assert four["weights"] > one["weights"] / 2, "not a quarter: the 4-bit weights are most of them"
+
+
+def test_a_4bit_base_loads_onto_this_processs_own_gpu(monkeypatch):
+    """Under torchrun each process loads its 4-bit base onto the GPU of its LOCAL_RANK, where accelerate trains it:
+    a model on another GPU (GPU 0 from rank 1) is refused by accelerate."""
+    from conftest import make_tiny_llama
+
+    from helpers import models
+
+    calls = []
+
+    class Stub:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            calls.append(kwargs["device_map"])
+            return make_tiny_llama()
+
+    monkeypatch.setattr(models, "AutoModelForCausalLM", Stub)
+    quantization = models.bnb_config("nf4", True, torch.float16)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    models.load_model("smollm2-135m", "cuda", quantization)
+    monkeypatch.delenv("LOCAL_RANK")
+    models.load_model("smollm2-135m", "cuda", quantization)  # one process: GPU 0
+    assert calls == [{"": 1}, {"": 0}]

@@ -81,6 +81,17 @@ def test_detect_on_an_a100_chooses_bf16(monkeypatch):
     assert env.device_name == "NVIDIA A100-SXM4-40GB (sm_80)"
 
 
+def test_the_environment_line_names_the_torch_and_cuda_that_colab_brings(monkeypatch):
+    """requirements.txt pins no torch: on Colab the image's CUDA build is the one version the lab does not choose,
+    so the line every notebook prints (lab.describe) names it."""
+    _fake_gpu(monkeypatch, (7, 5), "Tesla T4")
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.8.0+cu126"))
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    assert "| torch 2.8.0+cu126, CUDA 12.6 |" in detect().describe()
+    monkeypatch.setattr(torch.version, "cuda", None)  # the CPU build make setup installs
+    assert "| torch 2.8.0+cu126, no CUDA |" in detect().describe()
+
+
 @pytest.mark.parametrize("native, name", [(False, "fp32"), (True, "bf16")])
 def test_detect_without_cuda_uses_the_cpu_flags(monkeypatch, native, name):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

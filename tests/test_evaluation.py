@@ -233,3 +233,22 @@ def test_a_4bit_model_is_evaluated_with_fp32_dequantized_weights(tmp_path):
     # a random tiny model's logits are nearly uniform, so bf16 moves its loss by only ~1e-5: a tight bound
     assert got["loss"] == pytest.approx(exact, rel=1e-6)
     assert in_bf16 != pytest.approx(exact, rel=1e-6), "the case separates the two: bf16 compute is not exact"
+
+
+def test_a_model_with_a_fixed_causal_mask_is_evaluated_in_packs_it_can_take():
+    """GPT-Neo slices its causal mask from a fixed context x context buffer: a packed row past the context fails,
+    so evaluation packs at most the context, with the same result as any other packing."""
+    from conftest import make_tiny_gpt_neo
+
+    model = make_tiny_gpt_neo(context=64)
+    examples = make_examples([40, 30, 50, 20, 60, 10, 35])  # 245 tokens: a 512-token pack would hold them all
+    with pytest.raises(RuntimeError, match="size of tensor"):  # the crash the cap avoids: 70 tokens, positions restart
+        model(input_ids=torch.tensor([examples[0]["input_ids"] + examples[1]["input_ids"]]),
+              position_ids=torch.tensor([list(range(40)) + list(range(30))]))
+    ds = Dataset.from_list(examples)
+    packed = perplexity(model, ds, max_tokens=512, pad_id=PAD)
+    loss, count = token_weighted(hand_nll(model, examples))
+    assert packed["tokens"] == count and packed["loss"] == pytest.approx(loss, rel=1e-5)
+    alone = perplexity(model, ds, max_tokens=1, pad_id=PAD)["per_example"]
+    assert [t for _, t in packed["per_example"]] == [t for _, t in alone]
+    assert [n for n, _ in packed["per_example"]] == pytest.approx([n for n, _ in alone], abs=1e-3)

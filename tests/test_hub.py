@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -178,8 +179,11 @@ def gpt_neo_config():
                         vocab_size=50257)
 
 
-BIG = {"tinyllama-1.1b": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", tinyllama_config, 1.0e9, 1.2e9),
-       "gpt-neo-1.3b": ("EleutherAI/gpt-neo-1.3B", gpt_neo_config, 1.2e9, 1.45e9)}
+# (Hub id, config, trainable parameters between, the longest packed row whose QLoRA still fits a T4). GPT-Neo's eager
+# attention keeps heads x T^2 probabilities per layer (~0.4 GB a layer at 2,048 tokens in fp16): its QLoRA fits a
+# T4 only with rows well under the 2,048 tokens its attention takes.
+BIG = {"tinyllama-1.1b": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", tinyllama_config, 1.0e9, 1.2e9, T4_TOKENS),
+       "gpt-neo-1.3b": ("EleutherAI/gpt-neo-1.3B", gpt_neo_config, 1.2e9, 1.45e9, 1024)}
 
 
 @pytest.mark.parametrize("preset", BIG)
@@ -191,7 +195,7 @@ def test_big_preset_full_fine_tuning_is_refused_on_a_t4_and_qlora_fits(preset):
     from helpers.specs import full, qlora
     from helpers.training import linear_layer_names
 
-    hub_id, make_config, low, high = BIG[preset]
+    hub_id, make_config, low, high, qlora_tokens = BIG[preset]
     config, targets = make_config(), models.PRESETS[preset].lora_targets
     assert models.PRESETS[preset].hub_id == hub_id
     with torch.device("meta"):  # the preset's LoRA targets are layers of this architecture
@@ -204,9 +208,64 @@ def test_big_preset_full_fine_tuning_is_refused_on_a_t4_and_qlora_fits(preset):
     message = str(err.value)
     assert f"full fine-tuning of {hub_id}" in message and "15.0 GB free" in message
     assert "QLoRA (helpers.qlora(16)) needs about" in message and "Fix:" in message
-    fits = memory.predict(config, qlora(16), "fp16", "cuda", T4_TOKENS, targets=targets)
+    fits = memory.predict(config, qlora(16), "fp16", "cuda", qlora_tokens, targets=targets)
     memory.check_fits(fits, T4_FREE, f"QLoRA r16 of {hub_id}", {})  # no error: it fits
     assert fits["peak"] < 0.9 * T4_FREE < p["peak"]
+
+
+def test_gpt_neo_eager_attention_probabilities_are_predicted():
+    """GPT-Neo-1.3B has eager attention only: in fp16 autocast each layer keeps its heads x T x T softmax output in
+    fp32 and the fp16 copy the value matmul saves, ~0.4 GB a layer at 2,048 tokens; SDPA keeps none of them."""
+    from helpers import memory
+    from helpers.specs import qlora
+
+    config, targets = gpt_neo_config(), models.PRESETS["gpt-neo-1.3b"].lora_targets
+    assert models.meta_model(config).config._attn_implementation == "eager"
+    at = {t: memory.predict(config, qlora(16), "fp16", "cuda", t, targets=targets) for t in (1024, 2048)}
+    probabilities = 24 * 16 * 2048 * 2048 * (4 + 2)
+    assert probabilities / 24 == pytest.approx(0.4e9, rel=0.01)
+    assert at[2048]["activations"] > probabilities
+    assert (memory.gb(at[2048]["peak"]), memory.gb(at[1024]["peak"])) == ("17.7 GB", "7.1 GB")  # README, 9.
+    # doubling the row doubles the rest of the activations and quadruples the probabilities
+    assert at[2048]["activations"] - 2 * at[1024]["activations"] == pytest.approx(probabilities / 2, rel=0.01)
+    with pytest.raises(memory.MemoryFitError, match=r"does not fit either.*fewer tokens per step"):
+        memory.check_fits(at[2048], T4_FREE, "QLoRA r16 of EleutherAI/gpt-neo-1.3B",
+                          memory.cheaper_choices(config, targets, "fp16", "cuda", 2048))
+
+
+def test_a_packed_row_limit_comes_from_the_architecture():
+    """Only an attention with a fixed context x context mask buffer limits a packed row (positions restart per
+    example); the preset's context is that limit, which Lab relies on to skip the config for shorter rows."""
+    from transformers import GPT2Config
+
+    neo = models.meta_model(gpt_neo_config())
+    assert models.packed_row_limit(neo) == neo.config.max_position_embeddings == models.PRESETS["gpt-neo-1.3b"].context
+    for config in (tinyllama_config(), GPT2Config()):  # SDPA; GPT-2's 1,024 positions bound an example, not a row
+        model = models.meta_model(config)
+        assert model.config._attn_implementation == "sdpa" and models.packed_row_limit(model) is None
+
+
+def test_gpt_neo_trains_each_step_in_rows_its_attention_takes(monkeypatch, tmp_path):
+    """The gpu profile packs 16 examples of up to 512 tokens into a row of up to 8,192; GPT-Neo takes 2,048: Lab
+    splits each step into 4 accumulated micro-batches of 4 examples, the same 16 examples and token budget."""
+    import helpers
+    from helpers import runs
+    from helpers.training import sft_settings
+
+    monkeypatch.setattr(runs, "load_config", lambda name: gpt_neo_config())
+    lab = helpers.Lab("gpu", model="gpt-neo-1.3b")
+    assert (lab.parallel.accumulation, lab.parallel.per_device_batch(16), lab.row_limit) == (4, 4, 2048)
+    assert "4 accumulated micro-batches per step (packed rows of at most 2048 tokens" in lab.describe()
+    settings = sft_settings(helpers.qlora(), lab.profile, lab.env, 42, tmp_path, parallel=lab.parallel)
+    assert (settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"]) == (4, 4)
+
+    def no_config(name):
+        raise AssertionError("a row within the preset's context needs no config")
+    monkeypatch.setattr(runs, "load_config", no_config)
+    default = helpers.Lab("gpu")  # SmolLM2: 16 x 512 = 8,192 tokens, its context
+    assert (default.parallel.accumulation, default.row_limit) == (1, None)
+    shorter = helpers.Lab("gpu", model="gpt-neo-1.3b", batch_size=4, max_length=256)  # README's T4 QLoRA settings
+    assert (shorter.parallel.accumulation, shorter.row_limit) == (1, None)  # rows of at most 1,024 tokens
 
 
 def test_a_notebook_on_a_t4_refuses_gpt_neo_full_fine_tuning_before_loading(monkeypatch):
@@ -219,20 +278,28 @@ def test_a_notebook_on_a_t4_refuses_gpt_neo_full_fine_tuning_before_loading(monk
     from helpers import memory, runs
     from helpers.environment import choose_precision
 
+    monkeypatch.setattr(runs, "load_config", lambda name: gpt_neo_config())
     lab = helpers.Lab("gpu", model="gpt-neo-1.3b")
     lab.env = dataclasses.replace(lab.env, device="cuda", device_name="Tesla T4 (sm_75)", capability=(7, 5),
                                   precision=choose_precision("cuda", (7, 5)))
-    monkeypatch.setattr(runs, "load_config", lambda name: gpt_neo_config())
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (T4_FREE, int(15.8e9)))
-    monkeypatch.setattr(runs.Lab, "largest_batch_tokens", lambda self, processes=None: T4_TOKENS)
+    monkeypatch.setattr(runs.Lab, "largest_batch_tokens", lambda self, processes=None: 1024)
     with pytest.raises(memory.MemoryFitError, match=r"EleutherAI/gpt-neo-1\.3B.*QLoRA \(helpers\.qlora\(16\)\)"):
         lab.check_fits(helpers.full())
     lab.check_fits(helpers.qlora(16))
+    # the gpu profile's longest micro-batch can reach the 2,048 tokens GPT-Neo takes: too long for QLoRA on a T4
+    monkeypatch.setattr(runs.Lab, "largest_batch_tokens", lambda self, processes=None: 2048)
+    with pytest.raises(memory.MemoryFitError, match="fewer tokens per step"):
+        lab.check_fits(helpers.qlora(16))
 
 
 # ---------------------------------------------------------------- make gpu-check, planned on a mocked T4
 
+TRAINED = {"steps": 2, "skipped": 0, "tensors changed": 7, "tensors checked": 7}  # a run whose updates all applied
+
+
 def test_gpu_check_on_a_t4_runs_the_fp16_path_only(monkeypatch, capsys):
+    import peft  # noqa: F401 (before CUDA is mocked: bitsandbytes, which peft imports, picks its backend on import)
     import torch
 
     from helpers.tools import gpu_check
@@ -245,16 +312,20 @@ def test_gpu_check_on_a_t4_runs_the_fp16_path_only(monkeypatch, capsys):
     def fake_run(results, precision_name, spec):
         precision = gpu_check.precision_for(precision_name)
         ran.append((precision.name, precision.fp16, precision.bf16, spec.run_id))
-        return {"run": spec.run_id, "precision": precision.name, "trainable dtype": "float32", "tokens/s": 1}
+        return {"run": spec.run_id, "precision": precision.name, "trainable dtype": "float32", "tokens/s": 1,
+                **TRAINED}
 
     monkeypatch.setattr(gpu_check, "run_one", fake_run)
+    from helpers import environment  # its torch_build is tested on a mocked torch in test_environment.py
+    monkeypatch.setattr(environment, "torch_build", lambda: "torch 2.8.0+cu126, CUDA 12.6")
     assert gpu_check.main() == 0
     assert ran == [("fp16", True, False, "full"), ("fp16", True, False, "lora-r8"), ("fp16", True, False, "qlora")]
     out = capsys.readouterr().out
-    assert "Tesla T4 (sm_75)" in out and "no bf16" in out and "OK:" in out
+    assert "Tesla T4 (sm_75), torch 2.8.0+cu126, CUDA 12.6" in out and "no bf16" in out and "OK:" in out
 
 
 def test_gpu_check_adds_bf16_from_sm80_and_fails_on_non_fp32_trainable_weights(monkeypatch, capsys):
+    import peft  # noqa: F401 (see above)
     import torch
 
     from helpers.tools import gpu_check
@@ -265,10 +336,101 @@ def test_gpu_check_adds_bf16_from_sm80_and_fails_on_non_fp32_trainable_weights(m
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100")
     monkeypatch.setattr(gpu_check, "run_one", lambda results, p, spec: {
-        "run": f"{spec.run_id}-{p}", "precision": p, "tokens/s": 1,
+        "run": f"{spec.run_id}-{p}", "precision": p, "tokens/s": 1, **TRAINED,
         "trainable dtype": "bfloat16" if (p, spec.run_id) == ("bf16", "qlora") else "float32"})
     assert gpu_check.main() == 1
     assert "qlora-bf16 (bf16): bfloat16" in capsys.readouterr().err
+
+
+def test_gpu_check_fails_when_every_update_was_skipped_or_training_changed_nothing():
+    from helpers.tools import gpu_check
+
+    row = {"run": "lora-r8", "precision": "fp16", "trainable dtype": "float32", **TRAINED}
+    assert gpu_check.failures([row]) == []
+    assert gpu_check.failures([{**row, "skipped": 1}]) == [], "a skip while the scaler finds its scale is no failure"
+    skipped_all = gpu_check.failures([{**row, "skipped": 2, "tensors changed": 0}])
+    assert len(skipped_all) == 2 and "skipped every update" in skipped_all[0] and "lora-r8 (fp16): 2 of 2" in \
+        skipped_all[0] and "lora-r8 (fp16): 0 of 7 changed" in skipped_all[1]
+    assert "5 of 7 changed" in gpu_check.failures([{**row, "tensors changed": 5}])[0]
+    assert "0 of 0 changed" in gpu_check.failures([{**row, "tensors changed": 0, "tensors checked": 0}])[0]
+
+
+def test_gpu_check_reads_what_training_changed_from_the_saved_artifact(tmp_path):
+    """An adapter: every lora_B starts at zero (PEFT), so each non-zero one was updated. A full model: each tensor
+    that differs from the base it started from."""
+    import torch
+    from conftest import make_tiny_llama
+    from peft import LoraConfig, get_peft_model
+
+    from helpers.tools.gpu_check import training_changes
+
+    adapter = get_peft_model(make_tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    adapter.save_pretrained(tmp_path / "untrained")
+    assert training_changes(tmp_path / "untrained") == (0, 4), "2 layers x (q, v): nothing trained yet"
+    with torch.no_grad():
+        adapter.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight[0, 0] = 1e-3
+    adapter.save_pretrained(tmp_path / "one")
+    assert training_changes(tmp_path / "one") == (1, 4)
+
+    model = make_tiny_llama()
+    base = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.save_pretrained(tmp_path / "full")
+    changed, checked = training_changes(tmp_path / "full", base)
+    assert changed == 0 and checked == len(base)
+    with torch.no_grad():
+        model.model.norm.weight += 1e-3
+    model.save_pretrained(tmp_path / "full")
+    assert training_changes(tmp_path / "full", base) == (1, checked)
+
+
+def test_gpu_check_on_a_colab_gpu_runtime_trains_the_hub_model_the_setup_cell_leaves_it(monkeypatch, capsys, tmp_path):
+    """A Colab GPU runtime has what its setup cell installs there, not the offline packages (the bundled model, the
+    offline general text): gpu-check then trains the smoke budget on the gpu profile's Hub model and general text. Where
+    they are installed (`make gpu-check`, this machine) it runs the smoke profile as is."""
+    import importlib.metadata
+
+    import torch
+
+    import helpers
+    from helpers import colab, runs
+    from helpers.tools import gpu_check
+
+    class Built(Exception):
+        pass
+
+    def lab_then_stop(*args, **kwargs):  # the Lab that run_one builds, then no training (no GPU here)
+        raise Built(real_lab(*args, **kwargs))
+
+    real_lab, real_version = runs.Lab, importlib.metadata.version
+    monkeypatch.setattr(runs, "Lab", lab_then_stop)
+
+    def profile_run_one_builds():
+        with pytest.raises(Built) as built:
+            gpu_check.run_one(tmp_path, "fp16", helpers.full())
+        return built.value.args[0].profile
+
+    smoke = PROFILES["smoke"]
+    assert profile_run_one_builds() == replace(smoke, seeds=(42,)), "offline packages installed: smoke as is"
+    offline = {pin.split("==")[0] for mark in (colab.OFFLINE_MARK, colab.NO_DEPS) for pin in colab.requirements(ROOT, mark)}
+
+    def version(name):  # as in a Colab GPU runtime: never installed
+        if name in offline:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    colab_gpu = profile_run_one_builds()
+    assert (colab_gpu.model, colab_gpu.forgetting) == (GPU.model, GPU.forgetting) == ("smollm2-135m", "wikitext2")
+    assert models.get_preset(colab_gpu.model).source == "hub"
+    assert replace(colab_gpu, model=smoke.model, forgetting=smoke.forgetting) == replace(smoke, seeds=(42,)), "same budget"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(gpu_check, "run_one", lambda results, p, spec: {"run": spec.run_id, "precision": p,
+                                                                          "trainable dtype": "float32", "tokens/s": 1})
+    assert gpu_check.main() == 0
+    assert "the smoke profile's budget on the Hub model smollm2-135m, general text wikitext2" in capsys.readouterr().out
 
 
 def test_gpu_check_without_cuda_exits_with_a_clear_message(monkeypatch, capsys):

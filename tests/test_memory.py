@@ -1,13 +1,15 @@
 """helpers.memory: one training step measured by category, the prediction from the config, the fit check."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import make_tiny_llama, tiny_llama_config
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from helpers.memory import (MemoryFitError, StepMemoryProbe, cheaper_choices, check_fits, gradient_bytes, predict,
-                            weight_bytes)
+from helpers.memory import (MemoryFitError, MemoryMeter, StepMemoryProbe, cheaper_choices, check_fits, gb,
+                            gradient_bytes, predict, weight_bytes)
 from helpers.models import LLAMA_TARGETS
 from helpers.specs import full, lora, qlora
 
@@ -83,7 +85,9 @@ def measured() -> dict[str, tuple[dict, torch.nn.Module]]:
 
 def test_categories_add_up_to_the_step_peak_and_explain_it(measured):
     for method, (m, _) in measured.items():
-        assert set(m) == {"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens"}
+        assert set(m) == {"weights", "gradients", "optimizer", "activations", "other", "step_peak", "tokens",
+                          "paged_optimizer"}
+        assert m["paged_optimizer"] == 0, "torch's AdamW keeps its state in ordinary tensors"
         assert m["tokens"] == 4 * 128, "the packed row's tokens, as the forward saw them"
         tracked = m["weights"] + m["optimizer"] + max(m["activations"], m["gradients"])
         assert tracked <= m["step_peak"], (method, m)  # "other" was not clamped at 0: the sum is exact
@@ -120,6 +124,170 @@ def test_prediction_matches_the_measured_step(measured):
         assert abs(p["total"] - measured_total) <= 0.15 * measured_total, (method, p, m)
         assert abs(p["peak"] - m["step_peak"]) <= 0.15 * m["step_peak"], (method, p, m)
         assert abs(p["activations"] - m["activations"]) <= 0.05 * m["activations"], (method, p, m)
+
+
+class FakeCuda:
+    """The CUDA allocator's statistics as torch keeps them, one set per process: bytes allocated now, and the peak
+    since the last reset_peak_memory_stats."""
+
+    def __init__(self, allocated: int = 100):
+        self.allocated = self.peak = allocated
+
+    def allocate(self, n: int) -> None:
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, n: int) -> None:
+        self.allocated -= n
+
+    def install(self, monkeypatch) -> "FakeCuda":
+        now, peak = (lambda device=None: self.allocated), (lambda device=None: self.peak)
+        reset = lambda device=None: setattr(self, "peak", self.allocated)  # noqa: E731
+        for name, fake in {"is_available": lambda: True, "synchronize": lambda device=None: None,
+                           "empty_cache": lambda: None, "memory_allocated": now, "memory_reserved": now,
+                           "max_memory_allocated": peak, "max_memory_reserved": peak,
+                           "reset_peak_memory_stats": reset}.items():
+            monkeypatch.setattr(torch.cuda, name, fake)
+        return self
+
+
+class OnCuda:
+    """Stands in for a model on the GPU: the probe asks it only for its parameters' device, storages and gradients
+    (a parameter that is no tensor has no storage to count)."""
+
+    def __init__(self):
+        self.param = SimpleNamespace(device=torch.device("cuda"), grad=None)
+
+    def parameters(self):
+        return iter([self.param])
+
+    def buffers(self):
+        return iter([])
+
+
+def test_the_whole_run_peak_keeps_the_steps_before_a_probe_resets_the_cuda_peak(monkeypatch):
+    """CUDA keeps one peak counter per device: a probe that resets it inside the meter's block must not erase step 1's
+    peak from the whole-run figure."""
+    cuda = FakeCuda().install(monkeypatch)
+    meter = MemoryMeter("cuda")
+    with meter.measure():
+        cuda.allocate(5000)  # step 1: the highest point of the run
+        cuda.free(5000)
+        probe = StepMemoryProbe()
+        probe.start(OnCuda(), SimpleNamespace(state={}))
+        cuda.allocate(2000)
+        cuda.free(2000)
+        assert probe.stop()["step_peak"] == 100 + 2000, "the probe still measures its own step from its reset"
+    assert meter.peak_bytes == 5000 and meter.reserved == 5000
+
+
+def test_paged_optimizer_state_is_counted_apart_from_the_cuda_peak(monkeypatch):
+    """A paged bitsandbytes optimizer keeps its state in CUDA managed memory, wrapped as CPU tensors marked is_paged
+    (bitsandbytes.functional.get_paged): the probe reports it, and does not take it out of the allocator's peak,
+    which never held it."""
+    cuda = FakeCuda().install(monkeypatch)
+    paged = torch.zeros(1 << 16, dtype=torch.uint8)
+    paged.is_paged = True
+    optimizer = SimpleNamespace(state={"param": {"state1": paged, "step": 3}})
+    model, probe = OnCuda(), StepMemoryProbe()
+    probe.start(model, optimizer)
+    cuda.allocate(2000)
+    probe.before_optimizer_step(model)
+    probe.after_optimizer_step(optimizer)
+    cuda.free(2000)
+    step = probe.stop()
+    assert step["paged_optimizer"] == step["optimizer"] == 1 << 16
+    assert step["step_peak"] == 2100 and step["other"] == 2100, "the allocator's whole peak is not optimizer state"
+
+
+def gpt_neo_config() -> GPTNeoConfig:
+    """wide_llama_config's widths in GPT-Neo: eager attention only (LayerNorm, GELU, 4h MLP)."""
+    return GPTNeoConfig(vocab_size=128, hidden_size=128, num_layers=6, num_heads=4, window_size=256,
+                        attention_types=[[["global", "local"], 3]], max_position_embeddings=1024, bos_token_id=2,
+                        eos_token_id=2)
+
+
+@pytest.mark.parametrize("architecture", ["llama-eager", "gpt-neo"])
+def test_eager_attention_prediction_matches_the_measured_step(architecture):
+    """Eager attention keeps each layer's heads x T x T probabilities for backward (SDPA keeps none): 6 layers x 4
+    heads x 512^2 fp32 here, two thirds of the activations."""
+    if architecture == "gpt-neo":  # its GELU (tanh form) keeps more MLP tensors than the SiLU counted: 8% here
+        config, tolerance = gpt_neo_config(), 0.10
+        targets = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
+        torch.manual_seed(0)
+        model = GPTNeoForCausalLM(config)
+    else:
+        config, targets, tolerance = wide_llama_config(), list(LLAMA_TARGETS), 0.05
+        config._attn_implementation = "eager"
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.config.use_cache = False
+    assert model.config._attn_implementation == "eager"
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
+                                             task_type="CAUSAL_LM")).train()
+    m = measured_step(model, packed_batch(config.vocab_size, rows=4, length=128))
+    p = predict(config, lora(RANK), "fp32", "cpu", 4 * 128, targets=targets)
+    assert m["activations"] > 6 * 4 * 512 * 512 * 4  # the probabilities alone
+    assert abs(p["activations"] - m["activations"]) <= tolerance * m["activations"], (p, m)
+    assert abs(p["peak"] - m["step_peak"]) <= 0.15 * m["step_peak"], (p, m)
+
+
+def test_fused_lm_head_prediction_matches_the_measured_step(real_tokenizer, tmp_path, monkeypatch):
+    """On CUDA the lab's loss goes through TRL's fused LM head (no logits kept): forced on a CPU, LabTrainer's measured
+    step matches predict for that loss head, and the full-logits prediction (the CPU's) misses it by far. The
+    vocabulary is large next to the model, as in SmolLM2 (49,152 x 576), so the logits matter."""
+    import dataclasses
+
+    from datasets import Dataset
+
+    from helpers import training
+    from helpers.environment import Environment, choose_precision
+    from helpers.profiles import get_profile
+
+    config = LlamaConfig(vocab_size=8192, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.config.use_cache = False
+    ids = torch.randint(3, 8192, (8, 128), generator=torch.Generator().manual_seed(0)).tolist()
+    examples = [{"input_ids": row, "labels": [-100] * 40 + row[40:]} for row in ids]
+    profile = dataclasses.replace(get_profile("smoke"), max_steps=1, batch_size=4, max_length=128,
+                                  checkpoint_steps=0, logging_steps=1)
+    monkeypatch.setattr(training, "loss_head_for", lambda device: "fused")
+    env = Environment(False, "cpu", "test", None, choose_precision("cpu"), True)
+    trainer = training.make_trainer(model, lora(RANK), profile, env, Dataset.from_list(examples), real_tokenizer, 3,
+                                    tmp_path, "t")
+    assert trainer.loss_head == "fused"
+    training.train(trainer)  # the measured step, like every step after the first, finds AdamW's state
+    m = trainer.measure_step([0, 1, 2, 3], StepMemoryProbe())
+    assert m["tokens"] == 4 * 128
+    fused = predict(config, lora(RANK), "fp32", "cpu", m["tokens"], targets=LLAMA_TARGETS, loss_head="fused")
+    assert (fused["weights"], fused["gradients"], fused["optimizer"]) == (m["weights"], m["gradients"], m["optimizer"])
+    assert abs(fused["activations"] - m["activations"]) <= 0.05 * m["activations"], (fused, m)
+    assert abs(fused["peak"] - m["step_peak"]) <= 0.15 * m["step_peak"], (fused, m)
+    assert predict(config, lora(RANK), "fp32", "cpu", m["tokens"], targets=LLAMA_TARGETS) == fused, \
+        "by default the prediction takes the trainer's loss head"
+    full_logits = predict(config, lora(RANK), "fp32", "cpu", m["tokens"], targets=LLAMA_TARGETS,
+                          loss_head="full logits")
+    assert full_logits["activations"] > 2 * m["activations"], "the fp32 log-softmax of the logits is not kept"
+
+
+def test_the_prediction_follows_the_loss_head_of_the_device():
+    """A CUDA run's prediction is the fused head's (what LabTrainer uses there): for SmolLM2-135M at ~3.5k tokens a
+    step that is ~1.8 GB below the full-logits figure (the fp32 log-softmax kept, two logits-sized gradients)."""
+    from helpers.training import loss_head_for
+
+    smollm2 = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+    assert (loss_head_for("cuda"), loss_head_for("cpu")) == ("fused", "full logits")
+    cuda = predict(smollm2, lora(16), "fp16", "cuda", 3500, targets=LLAMA_TARGETS)
+    assert cuda == predict(smollm2, lora(16), "fp16", "cuda", 3500, targets=LLAMA_TARGETS, loss_head="fused")
+    logits = predict(smollm2, lora(16), "fp16", "cuda", 3500, targets=LLAMA_TARGETS, loss_head="full logits")
+    logits_bytes = 3500 * 49152 * (4 + 8) + 2 * 49152 * 576  # log-softmax, two gradients; the head's fp16 copy
+    assert logits["peak"] - cuda["peak"] == pytest.approx(logits_bytes, rel=0.15)
+    assert gb(logits["peak"] - cuda["peak"]) == "1.8 GB"  # README, Memory by category
+    with pytest.raises(ValueError, match="'full logits' or 'fused'"):
+        predict(smollm2, lora(16), "fp16", "cuda", 3500, targets=LLAMA_TARGETS, loss_head="chunked")
 
 
 def test_a_probe_stopped_without_a_step_says_so():

@@ -74,6 +74,11 @@ BROKEN = {
     "measured batch without tokens": (_without(["memory", "measured_batch", "tokens"]), "memory"),
     "evaluated under autocast": (_setting(["eval", "precision"], "bf16"), "eval.precision"),
     "status without the flag": (_without(["status", "worse_than_before"]), "worse_than_before"),
+    "negative skipped steps": (_setting(["training", "skipped_steps"], -1), "skipped_steps"),
+    "a skipped step 0": (_setting(["training", "skipped_at"], [0]), "skipped_at"),
+    "trained tokens as text": (_setting(["training", "trained_tokens"], "3000"), "trained_tokens"),
+    "budget flag not a boolean": (_setting(["status", "budget_changed"], "yes"), "budget_changed"),
+    "negative paged bytes": (_setting(["memory", "paged_optimizer_bytes"], -1), "paged_optimizer_bytes"),
     "4-bit with 3 bits": (_setting(["quantization"], {"bits": 3, "quant_type": "nf4", "double_quant": True,
                                                       "compute_dtype": "float32"}), "quantization"),
 }
@@ -89,6 +94,47 @@ def test_broken_record_fails(case):
     assert any(where in line for line in found), found
     with pytest.raises(ResultsError, match=where.split(".")[-1]):
         validate(record)
+
+
+def _outcome(steps: int, skipped_at: list[int], tokens_per_step: int = 100):
+    from helpers.training import TrainingOutcome
+
+    return TrainingOutcome(steps=steps, tokens=steps * tokens_per_step, target_tokens=steps * 50, seconds=1.0,
+                           tokens_per_second=100.0, tokens_per_second_median=100.0, seconds_total=2.0,
+                           optimizer="adamw_torch", learning_rate=1e-4, gradient_checkpointing=False,
+                           loss_head="fused", trainable_dtypes=["float32"], resumed_from_step=None,
+                           step_seconds={"forward_backward": 0.5, "data": 0.0, "optimizer_and_rest": 0.5},
+                           skipped_at=skipped_at, trained_tokens=(steps - len(skipped_at)) * tokens_per_step)
+
+
+@pytest.mark.parametrize("skipped_at, changed", [([], False), ([1], False), ([1, 2, 3], False), ([4], True),
+                                                 ([1, 5], True), ([1, 2, 3, 4, 5], True)])
+def test_skips_after_the_first_update_or_of_every_update_flag_the_run(skipped_at, changed):
+    """README's rule: skips while the scaler finds its scale (before any update) are noted; a skip after an applied
+    update, or no applied update at all, changes the token budget and flags the run."""
+    status = results.run_status(7.0, 5.0, _outcome(5, skipped_at))
+    assert status["budget_changed"] is changed and status["worse_than_before"] is False
+    assert len(status["notes"]) == bool(skipped_at)
+    if changed:
+        assert f"skipped {len(skipped_at)} of its 5 updates" in status["notes"][0]
+        assert f"it trained {100 * (5 - len(skipped_at))} of its 500 tokens" in status["notes"][0]
+    elif skipped_at:
+        assert "while finding its scale" in status["notes"][0] and "tolerated" in status["notes"][0]
+
+
+def test_records_with_skip_counts_validate_and_older_ones_without_them_still_load(tmp_path):
+    from helpers import measures
+
+    outcome = _outcome(3, [2])
+    new = make_record("lora-r8", training={"skipped_steps": 1, "skipped_at": [2], "trained_tokens": 200},
+                      status=results.run_status(7.0, 4.5, outcome), memory={"paged_optimizer_bytes": 0})
+    assert problems(new) == [] and new["status"]["budget_changed"] is True
+    assert measures.flagged([new]) == [new] and measures.trained_tokens(new) == 200
+    older = make_record("lora-r8")  # written before skips were counted: no skip fields, no budget flag
+    assert "skipped_steps" not in older["training"] and "budget_changed" not in older["status"]
+    write_atomic(older, tmp_path / "lora-r8-seed42.json")
+    assert read(tmp_path / "lora-r8-seed42.json") == older
+    assert measures.usable([older]) == [older] and measures.trained_tokens(older) == older["training"]["tokens"]
 
 
 def test_extra_fields_are_allowed():

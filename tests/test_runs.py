@@ -116,6 +116,10 @@ def test_a_run_that_ends_worse_is_flagged(lab):
     assert record["eval"]["perplexity_after"] > record["eval"]["perplexity_before"]
     assert record["status"]["worse_than_before"] is True and "made the model worse" in record["status"]["notes"][0]
     assert helpers.measures.flagged([record]) == [record] and helpers.measures.usable([record]) == []
+    # no loss scaler outside fp16: every update applied, every token trained; torch's AdamW pages nothing
+    assert record["training"]["skipped_steps"] == 0 and record["training"]["skipped_at"] == []
+    assert record["training"]["trained_tokens"] == record["training"]["tokens"] > 0
+    assert record["status"]["budget_changed"] is False and record["memory"]["paged_optimizer_bytes"] == 0
 
 
 def test_a_seed_change_leaves_the_held_out_set_identical(lab, tmp_path):

@@ -136,7 +136,7 @@ def test_a_2_step_demo_leaves_the_30_step_result_byte_identical(tmp_path, capsys
     assert results.read(beside / STANDARD) == record and record["training"]["steps"] == 2
     assert record["settings"] == demo.settings and record["settings"]["changed"]["max_steps"] == 2
     assert demo.artifact_path(record).is_relative_to(beside) and demo.artifact_path(record).is_dir()
-    assert demo.checkpoint_dir("lora-r8", 42).is_relative_to(beside)
+    assert demo.checkpoint_dir(helpers.lora(8), 42).is_relative_to(beside)
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "checkpoints").exists()
     assert demo.run(helpers.lora(8)) == [record], "the demo's own result is reused"
     again = demo.run(helpers.lora(8), force=True)[0]  # FORCE redoes the demo on purpose, and only the demo

@@ -247,6 +247,42 @@ def test_the_measured_step_runs_on_the_given_examples_and_leaves_the_run_as_it_w
     assert torch.equal(torch.get_rng_state(), rng) and outcome.steps == trainer.state.global_step == 2
 
 
+def _loss_scaler_skipping(monkeypatch, skip: set[int]) -> None:
+    """What accelerate's fp16 path does when GradScaler finds inf gradients, on a CPU that has no scaler: at each
+    optimizer step numbered in `skip` no update is applied, and the flag accelerator.optimizer_step_was_skipped reads
+    is set (AcceleratedOptimizer.step sets it from scaler.step)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    real, calls = AcceleratedOptimizer.step, []
+
+    def step(self, closure=None):
+        calls.append(None)
+        self._is_overflow = len(calls) in skip
+        if not self._is_overflow:
+            real(self, closure)
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step", step)
+
+
+@pytest.mark.parametrize("skip, flagged", [(set(), False), ({1}, False), ({1, 2}, False), ({2}, True),
+                                           ({1, 3}, True), ({1, 2, 3}, True)])
+def test_skipped_updates_are_counted_and_their_tokens_not_trained(skip, flagged, tiny_llama, real_tokenizer, tmp_path,
+                                                                   monkeypatch):
+    """A step the loss scaler skipped still counts as a Trainer step; the lab records it, leaves its tokens out of
+    the tokens trained, and flags the run when a skip comes after the first applied update (or none was applied)."""
+    _loss_scaler_skipping(monkeypatch, skip)
+    trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, EXAMPLES * 2, steps=3, batch=2)
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    outcome = train(trainer)
+    assert outcome.steps == 3 and [s.skipped for s in trainer.steps] == [k in skip for k in (1, 2, 3)]
+    assert outcome.skipped_at == sorted(skip)
+    assert outcome.tokens == sum(s.tokens for s in trainer.steps), "every step's compute, for the throughput"
+    trained = sum(s.tokens for s in trainer.steps if s.step not in skip)
+    assert outcome.trained_tokens == trained and (trained < outcome.tokens) is bool(skip)
+    assert outcome.budget_changed is flagged
+    assert any(p.count_nonzero() for p in lora_b) is (len(skip) < 3), "a skipped update leaves the weights alone"
+
+
 def test_nan_loss_stops_the_run_with_a_clear_message(tiny_llama, real_tokenizer, tmp_path):
     trainer = _small_trainer(tiny_llama, real_tokenizer, tmp_path, EXAMPLES)
     real = trainer.compute_loss
@@ -457,3 +493,31 @@ def test_4bit_base_is_quantized_once_and_read_back_unchanged(tmp_path, monkeypat
         assert torch.equal(fresh.eval()(input_ids=ids).logits, cached.eval()(input_ids=ids).logits)
     other = models.quantized_copy_dir("smollm2-135m-bundled", models.bnb_config("fp4", True, torch.bfloat16))
     assert other != saved  # other settings, other bytes
+
+
+def test_a_model_with_a_fixed_causal_mask_trains_in_rows_it_can_take(real_tokenizer, tmp_path):
+    """GPT-Neo's attention takes packed rows of at most its context (here 64): a step of 4 examples of up to 32 tokens
+    fails as one row, and trains as 2 accumulated micro-batches of 2 (the layout Lab picks), every token counted."""
+    from conftest import make_tiny_gpt_neo
+
+    from helpers.environment import Parallel
+    from helpers.models import packed_row_limit
+
+    examples = [{"input_ids": [3 + (i * 7 + j) % 100 for j in range(20 + 4 * i)],
+                 "labels": [-100] * 5 + [3 + (i * 7 + j) % 100 for j in range(5, 20 + 4 * i)]} for i in range(4)]
+    profile = dataclasses.replace(get_profile("smoke"), model="gpt-neo-1.3b", max_steps=1, batch_size=4,
+                                  max_length=32, checkpoint_steps=0, logging_steps=1)
+    model = make_tiny_gpt_neo(context=64)
+    layout = Parallel().with_rows_within(profile.batch_size, profile.max_length, packed_row_limit(model))
+    assert (layout.accumulation, layout.per_device_batch(profile.batch_size)) == (2, 2)
+    one_row = make_trainer(model, full(), profile, env("fp32"), Dataset.from_list(examples), real_tokenizer, 3,
+                           tmp_path / "one", "t")
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        train(one_row)
+    model = make_tiny_gpt_neo(context=64)
+    trainer = make_trainer(model, full(), profile, env("fp32"), Dataset.from_list(examples), real_tokenizer, 3,
+                           tmp_path / "split", "t", parallel=layout)
+    outcome = train(trainer)
+    assert outcome.steps == 1 and outcome.tokens == sum(len(e["input_ids"]) for e in examples)
+    with pytest.raises(ValueError, match="max_length=64 or less"):
+        Parallel().with_rows_within(4, 65, 64)

@@ -6,7 +6,8 @@
 Without --fsdp it is DDP: every process holds the whole model and a share of each step's examples, and the
 gradients are averaged. With --fsdp (CUDA only) weights, gradients and optimizer state are sharded over the
 processes, for a full fine-tune that does not fit one GPU; the memory prediction divides them by the number of
-processes before the model is loaded. The profile's batch_size stays the global batch and the loss is normalised by
+processes before the model is loaded (not QLoRA's 4-bit weights, which FSDP leaves whole). A QLoRA base is loaded onto
+each process's own GPU (LOCAL_RANK). The profile's batch_size stays the global batch and the loss is normalised by
 the whole step's tokens, so the token budget and the update are a single process's. One results file per run,
 written once by the main process, records the processes, the global and per-device batch, and each process's memory.
 """
