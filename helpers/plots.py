@@ -467,6 +467,31 @@ def _pareto_panel(ax: Axes, records: list[dict], keys: tuple[str, str]) -> Axes:
     return ax
 
 
+# Where a run label may go instead, tried in this order (offset points from its dot): right, left, then a line above
+# or below on either side.
+_LABEL_SPOTS = [(8, 0), (-8, 0), (8, 10), (-8, 10), (8, -10), (-8, -10), (8, 20), (-8, 20), (8, -20), (-8, -20)]
+
+
+def _separate_labels(fig: Figure) -> None:
+    """Move run labels that cover one another (runs with nearly equal values on both axes) to the first free spot.
+    Done on the laid-out figure: only there do labels, sized in points, have their final places."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in fig.axes:
+        placed = []
+        for label in (t for t in ax.texts if t.get_text() in RUN_ORDER):
+            for dx, dy in _LABEL_SPOTS:
+                label.set_position((dx, dy))
+                label.set_horizontalalignment("left" if dx > 0 else "right")
+                box = label.get_window_extent(renderer)
+                if not any(box.overlaps(other) for other in placed):
+                    break
+            placed.append(box)
+
+
 def pareto_figure(records: list[dict], save_to: Path | None = None) -> Figure:
     """Held-out perplexity after training against step-peak memory and against tokens/s (measures.PARETO_PAIRS), one
     panel each, the non-dominated runs marked. With save_to, writes the PNG and SVG like comparison_figure."""
@@ -476,6 +501,7 @@ def pareto_figure(records: list[dict], save_to: Path | None = None) -> Figure:
     if records:
         fig.suptitle("Pareto frontiers: which runs no other run beats on both axes", fontsize=13, fontweight="bold")
         fig.supxlabel(_subtitle(records), fontsize=9, color="#444444")
+        _separate_labels(fig)
     if save_to is not None:
         save_figure(fig, Path(save_to))
     return fig

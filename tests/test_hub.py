@@ -428,7 +428,8 @@ def test_gpu_check_on_a_colab_gpu_runtime_trains_the_hub_model_the_setup_cell_le
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
     monkeypatch.setattr(gpu_check, "run_one", lambda results, p, spec: {"run": spec.run_id, "precision": p,
-                                                                          "trainable dtype": "float32", "tokens/s": 1})
+                                                                          "trainable dtype": "float32", "tokens/s": 1,
+                                                                          **TRAINED})
     assert gpu_check.main() == 0
     assert "the smoke profile's budget on the Hub model smollm2-135m, general text wikitext2" in capsys.readouterr().out
 

@@ -57,9 +57,9 @@ def test_answer_repetition_is_the_mean_over_answers_in_percent():
 
 def test_reference_qlora_loop_shows_in_the_rate(reference):
     qlora = next(r for r in reference if r["run_id"] == "qlora" and r["seed"] == 42)
-    loop = next(g for g in qlora["generations"] if "Return the process name." in g["after"])
-    assert loop["after"].count("Return the process name.") >= 10
-    assert measures.repeated_ngram_rate(loop["after"]) > 0.75 > 0.2 > measures.repeated_ngram_rate(loop["before"])
+    loop = next(g for g in qlora["generations"] if "heap-like data structure" in g["after"])
+    assert loop["after"].count("heap-like data structure") >= 3
+    assert measures.repeated_ngram_rate(loop["after"]) > 0.6 > 0.25 > measures.repeated_ngram_rate(loop["before"])
 
 
 # ---------------------------------------------------------------- direction words on the reference set
@@ -75,34 +75,35 @@ def test_reference_general_text_fell_for_every_run(reference):
     assert "General-text perplexity fell for 5 of 5 runs" in text and ": rose" not in text.split("Repeated")[0]
     assert "perplexity rose" not in text
     for run in ("full", "lora-r8", "lora-r16", "lora-r32", "qlora"):
-        assert f"{run} 18.09 -> " in text or (run == "qlora" and "qlora 23.10 -> 20.98 ± 0.03: fell by 9.2%" in text)
-    assert "full 18.09 -> 17.12 ± 0.09: fell by 5.3%" in text
-    assert "correlation r = 0.77 over 38 texts" in text and "undo the quantization damage" in text
-    assert "fell on 25–30 and rose on 8–13 of the 38 texts in each record: most texts fell" in text
+        assert f"{run} 18.08 -> " in text or (run == "qlora" and "qlora 23.12 -> 20.97 ± 0.15: fell by 9.3%" in text)
+    assert "full 18.08 -> 17.07 ± 0.09: fell by 5.6%" in text
+    assert "correlation r = 0.78 over 38 texts" in text and "undo the quantization damage" in text
+    assert "fell on 26–32 and rose on 6–12 of the 38 texts in each record: most texts fell" in text
 
 
 def test_reference_beats_carry_their_size(reference):
     sentences = notes.reading_notes(reference)
     beats = [s for s in sentences if " beats " in s]
     assert beats and all("%" in s.split(" beats ")[1].split("(95% CI")[0] for s in beats)
-    r16 = next(s for s in beats if s.startswith("lora-r16 beats lora-r8"))
-    assert "by 0.08 = 0.6% of lora-r8's 14.03, a small difference (under 1%)" in r16
     qlora = next(s for s in beats if s.startswith("lora-r16 beats qlora"))
-    assert "= 10% of qlora's 15.53" in qlora and "small" not in qlora
+    assert "= 10% of qlora's 15.51" in qlora and "small" not in qlora
+    memory = next(s for s in beats if s.startswith("qlora beats lora-r16 on peak memory"))
+    assert "by 353 = 18% of lora-r16's 2013" in memory
+    assert any(s.startswith("lora-r16 and lora-r8 are within noise") for s in sentences)
     assert any(s.startswith("full and lora-r32 are within noise") for s in sentences)
 
 
-def test_reference_repetition_rose_for_qlora_only(reference):
+def test_reference_repetition_rose_for_full_and_qlora_only(reference):
     text = " ".join(notes.reading_notes(reference))
-    assert "qlora 11 -> 41 ± 27: rose by 30 points" in text
-    assert "The answers of qlora repeat themselves more after training" in text
-    assert "full 4 -> 33 ± 32: did not move beyond noise" in text
+    assert "qlora 12 -> 32 ± 10: rose by 19 points" in text and "full 4 -> 30 ± 10: rose by 25 points" in text
+    assert "The answers of full, qlora repeat themselves more after training" in text
+    assert "lora-r8 4 -> 38 ± 56: did not move beyond noise" in text
 
 
 def test_reference_weights_share_of_the_step(reference):
-    assert notes.weights_share(reference, "lora-r16") == pytest.approx(34.3, abs=0.1)
-    assert notes.weights_share(reference, "qlora") == pytest.approx(15.8, abs=0.1)
-    assert notes.weights_share_sentence(reference).startswith("The weights are 34% of lora-r16's step peak")
+    assert notes.weights_share(reference, "lora-r16") == pytest.approx(26.4, abs=0.1)
+    assert notes.weights_share(reference, "qlora") == pytest.approx(10.8, abs=0.1)
+    assert notes.weights_share_sentence(reference).startswith("The weights are 26% of lora-r16's step peak")
 
 
 # ---------------------------------------------------------------- a fixture where general text rises
