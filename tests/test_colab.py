@@ -306,6 +306,9 @@ def test_a_package_the_kernel_imported_and_pip_replaced_stops_run_all_until_a_re
     must be restarted, and "Run all" again then installs nothing and goes on. A replaced package the kernel never
     imported needs nothing."""
     tmp_path, calls = fake_runtime
+    # No .pyc for the fake package: its source is rewritten within the same second at the same size, which the
+    # bytecode cache (source mtime in whole seconds and size) would take for unchanged. pip's new files do not.
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
     site = tmp_path / "site-packages"
     site.mkdir()
     fake_distribution(site, "labfake_arrow", "14.0.2")
