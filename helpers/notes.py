@@ -15,7 +15,7 @@ import numpy as np
 from .formatting import decimals_for, format_bytes, format_count, format_interval, format_percent, format_ratio
 from .measures import (MEASURES, PARETO_PAIRS, Frontier, by_run, change, difference, flagged, flags, interval, mean,
                        mean_of, missing_runs, pareto, trained_tokens, usable)
-from .results import Loaded
+from .results import Loaded, record_skips_note
 from .statistics import Interval, compare_runs
 
 # Which notebook writes which run: a missing run is reported together with how to produce it.
@@ -93,21 +93,14 @@ def compare_sentence(records: list[dict], run_a: str, run_b: str) -> str:
     return f"{run_a} vs {run_b}: " + "; ".join(parts) + "."
 
 
-def _budget_changed(record: dict) -> str:
-    t = record["training"]
-    return (f"trained {trained_tokens(record):,} of its {t['tokens']:,} tokens: the fp16 loss scaler skipped "
-            f"{t.get('skipped_steps', '?')} of its {t['steps']} updates after training had started (or all of them), so "
-            "its token budget is not the other runs'")
-
-
 def _why_flagged(record: dict) -> str:
-    """What a flagged record did: 'ended worse than it started (a -> b)', 'trained n of m tokens: ...', or both."""
+    """What a flagged record did: 'ended worse than it started (a -> b)', what its skipped updates did, or both."""
     why = []
     if "worse_than_before" in flags(record):
         why.append(f"ended worse than it started ({record['eval']['perplexity_before']:.2f} -> "
                    f"{record['eval']['perplexity_after']:.2f})")
     if "budget_changed" in flags(record):
-        why.append(_budget_changed(record))
+        why.append(record_skips_note(record))
     return " and ".join(why)
 
 
@@ -123,7 +116,7 @@ def loading_report(records: list[dict], left_out: list[tuple[str, str]], directo
     if missing:
         lines.append(f"Not there (yet): {', '.join(missing)} — {_how_to_produce(missing)} to produce them.")
     for r in flagged(records):
-        lines.append(f"Flagged: {r['run_id']} seed {r['seed']} {_why_flagged(r)}; it is shown but not averaged in.")
+        lines.append(f"Flagged: {r['run_id']} seed {r['seed']}: {_why_flagged(r)}; it is shown but not averaged in.")
     if left_out:
         older = [name for name, reason in left_out if reason.startswith("older schema")]
         if older:
@@ -188,16 +181,11 @@ def _notes_about_the_set(records: list[dict]) -> list[str]:
                          f"({r['eval']['perplexity_before']:.2f} -> {r['eval']['perplexity_after']:.2f}): it is not a "
                          "result, and is left out of every mean and comparison (try a lower learning rate).")
         if "budget_changed" in flags(r):
-            notes.append(f"{r['run_id']} (seed {r['seed']}) {_budget_changed(r)}; it is left out of every mean and "
-                         "comparison (fp16 gradients overflowed: try a lower learning rate, or bf16 on a GPU that has "
-                         "it).")
+            notes.append(f"{r['run_id']} (seed {r['seed']}): {record_skips_note(r)}; it is left out of every mean and "
+                         "comparison.")
     for r in records:
-        t = r["training"]
-        if t.get("skipped_steps") and "budget_changed" not in flags(r):
-            notes.append(f"{r['run_id']} (seed {r['seed']}): the fp16 loss scaler skipped its first "
-                         f"{t['skipped_steps']} update(s) while finding its scale, before any weight moved, so it "
-                         f"trained {trained_tokens(r):,} of its {t['tokens']:,} tokens "
-                         "(tolerated, README).")
+        if r["training"].get("skipped_at") and "budget_changed" not in flags(r):
+            notes.append(f"{r['run_id']} (seed {r['seed']}): {record_skips_note(r)}.")
     return notes
 
 
@@ -329,8 +317,8 @@ def repetition_notes(records: list[dict]) -> list[str]:
     """Per run, the repeated-3-gram rate of the greedy answers before -> after training, and which runs' answers
     repeat more than their base's (the loops a reader sees, which perplexity does not show)."""
     runs = by_run(usable(records))
-    moves = {run: change_sentence(recs, "repeated 3-grams % before", "repeated 3-grams % after", 0,
-                                 " points")
+    # One decimal: the before, after and change then agree as printed (4 -> 30 read as "rose by 25" at 0 decimals).
+    moves = {run: change_sentence(recs, "repeated 3-grams % before", "repeated 3-grams % after", 1, " points")
              for run, recs in runs.items()}
     moves = {run: s for run, s in moves.items() if s}
     if not moves:
@@ -342,7 +330,7 @@ def repetition_notes(records: list[dict]) -> list[str]:
              for run in moves}
     more = [run for run, w in words.items() if w == "rose"]
     if more:
-        notes.append(f"The answers of {', '.join(more)} repeat themselves more after training than their base's: "
+        notes.append(f"The answers of {_and(more)} repeat themselves more after training than their base's: "
                      "a lower perplexity did not make them better answers to read (see the answers below).")
     else:
         notes.append("No run's answers repeat themselves more after training beyond noise.")
@@ -370,8 +358,7 @@ def pareto_notes(records: list[dict]) -> list[str]:
         for run in dict.fromkeys(d.run for d in frontier.dominated):
             parts = []
             for d in (d for d in frontier.dominated if d.run == run):
-                means = ", ".join(f"{k} {_mean_text(frontier, d.by, k)} vs {_mean_text(frontier, run, k)}"
-                                  for k in keys)
+                means = ", ".join(f"{k} {' vs '.join(_means_text(frontier, (d.by, run), k))}" for k in keys)
                 if d.unresolved or d.no_interval:
                     why = "; ".join(
                         ([f"the paired difference's 95% interval includes 0 on {_and(list(d.unresolved))}"]
@@ -386,10 +373,17 @@ def pareto_notes(records: list[dict]) -> list[str]:
     return notes
 
 
-def _mean_text(frontier: Frontier, run: str, key: str) -> str:
+def _means_text(frontier: Frontier, runs: tuple[str, str], key: str) -> tuple[str, str]:
+    """Two runs' means on `key` at the measure's decimals, with more (up to 4) where they would print alike: "13.94 vs
+    13.94" would say they are equal when one dominates the other."""
+    values = [frontier.intervals[run][frontier.keys.index(key)].mean for run in runs]
     decimals = MEASURES[key].decimals
-    value = frontier.intervals[run][frontier.keys.index(key)].mean
-    return f"{value:.{decimals if decimals is not None else decimals_for(value)}f}"
+    decimals = decimals if decimals is not None else decimals_for(values[0])
+    texts = [f"{v:.{decimals}f}" for v in values]
+    while texts[0] == texts[1] and values[0] != values[1] and decimals < 4:
+        decimals += 1
+        texts = [f"{v:.{decimals}f}" for v in values]
+    return texts[0], texts[1]
 
 
 def reading_notes(records: list[dict], directory: Path | str | None = None) -> list[str]:

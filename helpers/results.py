@@ -199,23 +199,38 @@ def load_all(directory: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     return records, rejected
 
 
+def skipped_updates_note(skipped_at: list[int], steps: int, trained: int, tokens: int, changed: bool) -> str:
+    """What the fp16 loss scaler's skipped updates did to a run: the one wording a record's status, the reading notes
+    and the loading report use. `changed`: helpers.training.skips_change_budget (the run is then flagged)."""
+    n, s = len(skipped_at), "s" if len(skipped_at) > 1 else ""
+    if changed:
+        return (f"the fp16 loss scaler skipped {n} of its {steps} updates (step{s} {', '.join(map(str, skipped_at))}) "
+                f"after training had started or in every step: it trained {trained:,} of its {tokens:,} tokens, so its "
+                "token budget is not the other runs' (gradients overflowed fp16: a lower learning rate, or bf16 on a "
+                "GPU that has it)")
+    return (f"the fp16 loss scaler skipped its first {n} update{s} while finding its scale, before any weight moved: "
+            f"it trained {trained:,} of its {tokens:,} tokens (tolerated, README)")
+
+
+def record_skips_note(record: dict) -> str:
+    """skipped_updates_note for a results record ('' when no update was skipped)."""
+    t = record["training"]
+    skipped = t.get("skipped_at") or []
+    if not skipped:
+        return ""
+    return skipped_updates_note(skipped, t["steps"], t.get("trained_tokens", t["tokens"]), t["tokens"],
+                                bool(record.get("status", {}).get("budget_changed")))
+
+
 def run_status(perplexity_before: float, perplexity_after: float, outcome) -> dict:
     """A record's flags, each with its note: a run that made the model worse, or whose skipped updates changed its
     token budget (helpers.training.skips_change_budget), is listed but never averaged in (helpers.measures.usable)."""
     worse = perplexity_after > perplexity_before
     notes = [f"held-out perplexity rose from {perplexity_before:.2f} to {perplexity_after:.2f}: this run made the "
              "model worse (learning rate too high for this method?)"] if worse else []
-    skipped = outcome.skipped_at
-    if outcome.budget_changed:
-        notes.append(f"the fp16 loss scaler skipped {len(skipped)} of its {outcome.steps} updates (step"
-                     f"{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}), after training had started "
-                     f"or in every step: it trained {outcome.trained_tokens:,} of its {outcome.tokens:,} tokens, so "
-                     "its token budget is not the other runs' (gradients overflowed fp16: a lower learning rate, or "
-                     "bf16 on a GPU that has it)")
-    elif skipped:
-        notes.append(f"the fp16 loss scaler skipped its first {len(skipped)} update{'s' if len(skipped) > 1 else ''} "
-                     f"while finding its scale: it trained {outcome.trained_tokens:,} of its {outcome.tokens:,} tokens "
-                     "(tolerated: no weight had moved yet)")
+    if outcome.skipped_at:
+        notes.append(skipped_updates_note(outcome.skipped_at, outcome.steps, outcome.trained_tokens, outcome.tokens,
+                                          outcome.budget_changed))
     return {"worse_than_before": worse, "budget_changed": outcome.budget_changed, "notes": notes}
 
 
@@ -259,7 +274,8 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
                      "trained_tokens": outcome.trained_tokens,
                      "seconds": outcome.seconds, "seconds_total": outcome.seconds_total,
                      "tokens_per_second": outcome.tokens_per_second,
-                     "tokens_per_second_median": outcome.tokens_per_second_median, "learning_rate": outcome.learning_rate,
+                     "tokens_per_second_median": outcome.tokens_per_second_median, "step_times": outcome.step_times,
+                     "learning_rate": outcome.learning_rate,
                      "optimizer": outcome.optimizer, "batch_size": profile.batch_size, "precision": env.precision.name,
                      "gradient_checkpointing": outcome.gradient_checkpointing, "loss_head": outcome.loss_head,
                      "trainable_dtypes": outcome.trainable_dtypes,

@@ -420,6 +420,9 @@ class TrainingOutcome:
     log: list[dict] = field(default_factory=list)
     skipped_at: list[int] = field(default_factory=list)  # steps whose update the fp16 loss scaler skipped
     trained_tokens: int = 0  # real tokens of the steps whose update was applied: the token budget actually trained
+    # [step, real tokens, seconds] of each timed step: the rates above recomputable, and a slow stretch (machine load)
+    # or a slow start (a warm-up beyond the first step) visible in the record itself.
+    step_times: list[list[float]] = field(default_factory=list)
 
     @property
     def budget_changed(self) -> bool:
@@ -472,4 +475,5 @@ def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutco
                                  if p.requires_grad}),
         resumed_from_step=int(resume_from.name.split("-")[-1]) if resume_from else None,
         step_seconds=per_step, log=log, skipped_at=[s.step for s in steps if s.skipped],
-        trained_tokens=sum(s.tokens for s in steps if not s.skipped))
+        trained_tokens=sum(s.tokens for s in steps if not s.skipped),
+        step_times=[[s.step, s.tokens, round(s.seconds, 4)] for s in timed])

@@ -201,6 +201,9 @@ def test_tokens_counted_are_the_ones_trained(tiny_llama, real_tokenizer, tmp_pat
     assert outcome.tokens == sum(expected[:2]), "two steps' tokens, not the batch the loader fetched ahead"
     assert outcome.target_tokens == sum(int((b["labels"][:, 1:] != -100).sum()) for b in order[:2])
     assert [s.tokens for s in trainer.steps] == expected[:2]
+    # the record's step times: the timed steps (not step 1, the warm-up), from which its rates recompute
+    assert [row[:2] for row in outcome.step_times] == [[2, expected[1]]]
+    assert outcome.step_times[0][1] / outcome.step_times[0][2] == pytest.approx(outcome.tokens_per_second, rel=1e-3)
 
 
 def test_throughput_leaves_out_the_warmup_step():
