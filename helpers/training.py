@@ -476,4 +476,4 @@ def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutco
         resumed_from_step=int(resume_from.name.split("-")[-1]) if resume_from else None,
         step_seconds=per_step, log=log, skipped_at=[s.step for s in steps if s.skipped],
         trained_tokens=sum(s.tokens for s in steps if not s.skipped),
-        step_times=[[s.step, s.tokens, round(s.seconds, 4)] for s in timed])
+        step_times=[[s.step, s.tokens, float(f"{s.seconds:.6g}")] for s in timed])
