@@ -27,6 +27,15 @@ NO_GPU_MESSAGE = ("No GPU in this runtime. For the lab's Colab profile choose Ru
                   "then Runtime -> Run all. Going on here runs the offline `cpu` profile instead: the bundled 135M "
                   "model and Python's documentation, slowly, on Colab's CPU cores.")
 
+# The end of every notebook's title cell: a student who opens a badge never sees README.
+ON_COLAB = ("**On Colab:** *Runtime → Change runtime type → T4 GPU*, then *Runtime → Run all*. The setup cell may stop once "
+            "with a red `RestartNeeded` error: that is expected (it upgraded a package the kernel had already loaded); "
+            "do *Runtime → Restart session*, then *Run all* again. Allow Google Drive access when asked: results are kept "
+            "in `MyDrive/finetune-lab/results`, where the other notebooks, each in a runtime of its own, find them. Use "
+            "the same settings (`PROFILE`, `MODEL_PRESET`, `DATASET`, `MAX_STEPS`) in every notebook, and a T4 for each: "
+            "runs made under other settings, or on the CPU profile of a runtime without a GPU, form a set of their own "
+            "that the comparison does not mix with yours. Not yet run on a real Colab runtime (README, *On a GPU*).")
+
 # The first code cell after the parameters in every notebook; tests/test_notebooks.py checks they are all this text.
 SETUP_CELL = '''\
 # Colab only: fetch the lab, install what Colab lacks, keep results on Google Drive. Elsewhere it does nothing.
@@ -37,7 +46,7 @@ if "google.colab" in sys.modules:
     if not os.path.isdir(LAB):
         !git clone -q --depth 1 --branch {REF} {REPO} {LAB}
     sys.path.insert(0, LAB)
-    from helpers.colab import setup  # imports nothing heavy; it asks for a restart if pip replaced a loaded package
+    from helpers.colab import setup  # imports nothing heavy; may stop once with RestartNeeded: Runtime -> Restart session, then Run all
     setup(LAB, use_drive=USE_DRIVE)'''
 
 

@@ -172,6 +172,7 @@ def test_setup_cell_is_identical_in_every_notebook_and_comes_after_the_parameter
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+        assert nb.cells[0].source.endswith(colab.ON_COLAB), f"{path.name}: the title cell ends with the Colab steps"
         assert nb.cells[1].cell_type == "markdown" and nb.cells[1].source.startswith("## Parameters")
         params = parameters_cell(nb)
         assert params == 2 and "USE_DRIVE = " in nb.cells[params].source, path.name
