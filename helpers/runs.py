@@ -341,7 +341,8 @@ class Lab:
             f"; the fp16 loss scaler skipped {len(outcome.skipped_at)} of {outcome.steps} updates ("
             + ("FLAGGED: its token budget changed" if outcome.budget_changed else "while finding its scale") + ")")
         print(f"{label}: perplexity {before['eval']['perplexity']:.2f} -> {after['perplexity']:.2f}, "
-              f"{outcome.tokens_per_second_median:.0f} tokens/s (median step), "
+              f"{outcome.tokens_per_second_upper_quartile:.0f} tokens/s (upper-quartile step; median "
+              f"{outcome.tokens_per_second_median:.0f}), "
               f"whole-training peak {meter.peak_bytes / 2**20:.0f} MiB "
               f"(the tables' step peak is one measured step){skipped} -> {path}")
         del model, trainer

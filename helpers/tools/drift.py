@@ -2,7 +2,7 @@
 
 Trains the same spec and seed `--repeats` times in one process through lab.run's own path (baseline, training, the
 largest-batch memory step, evaluation, saving: everything a notebook kernel does between runs), into a throwaway
-results folder, and prints per repeat: tokens/s (mean over the timed steps, and the median step), CPU seconds in user
+results folder, and prints per repeat: tokens/s (mean over the timed steps, the median and the upper-quartile step), CPU seconds in user
 and kernel mode, and minor page faults. Identical work, so any trend across repeats is the process's history (the
 allocator, caches, leaked objects), and the step-to-step spread is the machine's. The last lines give each rate's
 trend: last / first and the slope per repeat as % of the mean.
@@ -44,14 +44,16 @@ def main(argv: list[str] | None = None) -> None:
         record = lab.run_seed(spec, lab.seeds[0], force=True)
         after = os.times()
         t = record["training"]
-        rows.append({"mean": t["tokens_per_second"], "median": t["tokens_per_second_median"]})
-        print(f"repeat {i + 1}: {t['tokens_per_second']:.1f} tokens/s (median step {t['tokens_per_second_median']:.1f}); "
+        rows.append({"mean": t["tokens_per_second"], "median": t["tokens_per_second_median"],
+                     "upper quartile": t["tokens_per_second_upper_quartile"]})
+        print(f"repeat {i + 1}: {t['tokens_per_second']:.1f} tokens/s (median step {t['tokens_per_second_median']:.1f}, "
+              f"upper-quartile step {t['tokens_per_second_upper_quartile']:.1f}); "
               f"whole run {time.perf_counter() - wall:.0f} s, CPU user {after.user - cpu.user:.0f} s, "
               f"kernel {after.system - cpu.system:.0f} s, minor page faults "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults:,}", flush=True)
-    for key in ("mean", "median"):
+    for key in ("mean", "median", "upper quartile"):
         found = trend([r[key] for r in rows])
-        print(f"{key:>6}: last / first {found['last / first']:.3f}, slope {found['slope % per repeat']:+.1f}% per repeat")
+        print(f"{key:>14}: last / first {found['last / first']:.3f}, slope {found['slope % per repeat']:+.1f}% per repeat")
 
 
 if __name__ == "__main__":
