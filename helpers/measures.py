@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .formatting import MIB
-from .results import RUN_ORDER, record_sort_key
+from .results import RUN_ORDER, record_sort_key, trained_tokens  # trained_tokens: results words skips with it
 from .statistics import Interval, dominated_by, paired_bootstrap_difference, paired_t, summarize
 
 REPEAT_N = 3  # word n-grams for the repetition rate: 3 catches a repeated phrase, not a repeated "of the"
@@ -155,12 +155,6 @@ def usable(records: Iterable[dict]) -> list[dict]:
 
 def flagged(records: Iterable[dict]) -> list[dict]:
     return [r for r in records if flags(r)]
-
-
-def trained_tokens(record: dict) -> int:
-    """Real tokens of the steps whose update was applied (every step's in records made before skips were counted)."""
-    training = record["training"]
-    return training.get("trained_tokens", training["tokens"])
 
 
 def by_run(records: Iterable[dict]) -> dict[str, list[dict]]:

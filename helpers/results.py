@@ -199,6 +199,12 @@ def load_all(directory: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     return records, rejected
 
 
+def trained_tokens(record: dict) -> int:
+    """Real tokens of the steps whose update was applied (every step's in records made before skips were counted)."""
+    training = record["training"]
+    return training.get("trained_tokens", training["tokens"])
+
+
 def skipped_updates_note(skipped_at: list[int], steps: int, trained: int, tokens: int, changed: bool) -> str:
     """What the fp16 loss scaler's skipped updates did to a run: the one wording a record's status, the reading notes
     and the loading report use. `changed`: helpers.training.skips_change_budget (the run is then flagged)."""
@@ -218,7 +224,7 @@ def record_skips_note(record: dict) -> str:
     skipped = t.get("skipped_at") or []
     if not skipped:
         return ""
-    return skipped_updates_note(skipped, t["steps"], t.get("trained_tokens", t["tokens"]), t["tokens"],
+    return skipped_updates_note(skipped, t["steps"], trained_tokens(record), t["tokens"],
                                 bool(record.get("status", {}).get("budget_changed")))
 
 

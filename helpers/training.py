@@ -393,15 +393,20 @@ def skips_change_budget(skipped_at: Sequence[int], steps: int) -> bool:
     return not applied or any(step > applied[0] for step in skipped)
 
 
+def _step_rates(steps: list[StepRecord]) -> list[float]:
+    """Real tokens/s of each step (a step timed at zero seconds has no rate)."""
+    return [s.tokens / s.seconds for s in steps if s.seconds > 0]
+
+
 def _median_rate(steps: list[StepRecord]) -> float:
     """Real tokens/s of the median step."""
-    rates = [s.tokens / s.seconds for s in steps if s.seconds > 0]
+    rates = _step_rates(steps)
     return statistics.median(rates) if rates else 0.0
 
 
 def _upper_quartile_rate(steps: list[StepRecord]) -> float:
     """Real tokens/s of the step at the upper quartile of rates (linear interpolation, as numpy's percentile)."""
-    rates = [s.tokens / s.seconds for s in steps if s.seconds > 0]
+    rates = _step_rates(steps)
     if len(rates) < 2:
         return rates[0] if rates else 0.0
     return statistics.quantiles(rates, n=4, method="inclusive")[2]
