@@ -81,3 +81,4 @@ def test_trend_reports_a_steady_fall_and_no_trend_for_noise():
     assert falling["slope % per repeat"] == pytest.approx(100 * -35 / (405 / 3))
     flat = trend([118.0, 135.0, 118.0])
     assert flat["slope % per repeat"] == pytest.approx(0.0)
+    assert falling["spread"] == pytest.approx(169 / 99 - 1) and flat["spread"] == pytest.approx(135 / 118 - 1)

@@ -23,10 +23,14 @@ from ..specs import full, lora, qlora
 SPECS = {"full": full, "lora-r8": lambda: lora(8), "lora-r16": lambda: lora(16), "qlora": qlora}
 
 
+BOUND = 0.10  # the lab's target: repeats of one spec within 10% of each other
+
+
 def trend(rates: list[float]) -> dict[str, float]:
-    """last / first, and the least-squares slope per repeat as a percentage of the mean."""
+    """last / first, the least-squares slope per repeat as a percentage of the mean, and the spread max / min - 1."""
     slope = statistics.linear_regression(range(len(rates)), rates).slope if len(rates) > 1 else 0.0
-    return {"last / first": rates[-1] / rates[0], "slope % per repeat": 100 * slope / statistics.fmean(rates)}
+    return {"last / first": rates[-1] / rates[0], "slope % per repeat": 100 * slope / statistics.fmean(rates),
+            "spread": max(rates) / min(rates) - 1}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults:,}", flush=True)
     for key in ("mean", "median", "upper quartile"):
         found = trend([r[key] for r in rows])
-        print(f"{key:>14}: last / first {found['last / first']:.3f}, slope {found['slope % per repeat']:+.1f}% per repeat")
+        verdict = "within" if found["spread"] <= BOUND else "OUTSIDE"
+        print(f"{key:>14}: last / first {found['last / first']:.3f}, slope {found['slope % per repeat']:+.1f}% per repeat, "
+              f"spread {100 * found['spread']:.1f}% ({verdict} the lab's {100 * BOUND:.0f}%)")
 
 
 if __name__ == "__main__":
