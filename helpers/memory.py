@@ -63,7 +63,8 @@ class MemoryMeter:
     StepMemoryProbe, another meter) first hands this meter the peak so far, so every step counts. Optimizer state
     in managed memory (a paged bitsandbytes optimizer) is invisible to both: the probe reports it on its own.
     CPU: RSS sampled every 20 ms by a thread (ru_maxrss would be the process's lifetime peak, i.e. an earlier
-    run's); no reserved figure, but training runs inside heap_reuse, so RSS also holds freed blocks kept for reuse. Only blocks under `measure()` count, so loading transients and evaluation do not
+    run's); no reserved figure, but training runs inside heap_reuse, so RSS also holds freed blocks kept for reuse.
+    Only blocks under `measure()` count, so loading transients and evaluation do not
     inflate a method's cost.
     """
 
