@@ -470,7 +470,7 @@ def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutco
     if resume_from is not None:
         trainer.resume_records(resume_from)
     start = time.perf_counter()
-    with heap_reuse():  # freed host memory reused as it is: outside, a CPU step spent ~18% of its CPU time zeroing pages
+    with heap_reuse():  # freed host memory reused as it is: outside, 15-18% of a CPU run's CPU time was system time (page faults)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     total = time.perf_counter() - start
     steps = trainer.steps

@@ -1,5 +1,5 @@
-"""Speed that reflects the method, not the kernel's history: the median step's rate, interleaved runs, and the drift
-benchmark's trend."""
+"""Speed that reflects the method, not the kernel's history: the upper-quartile step's rate (the median and mean kept),
+interleaved runs, and the drift benchmark's trend and spread."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ largest-batch memory step, evaluation, saving: everything a notebook kernel does
 results folder, and prints per repeat: tokens/s (mean over the timed steps, the median and the upper-quartile step), CPU seconds in user
 and kernel mode, and minor page faults. Identical work, so any trend across repeats is the process's history (the
 allocator, caches, leaked objects), and the step-to-step spread is the machine's. The last lines give each rate's
-trend: last / first and the slope per repeat as % of the mean.
+trend: last / first, the slope per repeat as % of the mean, and the spread max / min - 1 against the lab's 10%.
 """
 
 from __future__ import annotations
