@@ -54,25 +54,25 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches(tmp_path):
     seeded): the one killed by SIGKILL mid-training (no chance to clean up) logged exactly the uninterrupted one's
     losses and gradient norms up to its last checkpoint. Run again, it resumes from that checkpoint and ends with the
     uninterrupted run's numbers."""
-    steps, every = 6, 2
+    steps, every = 4, 2
     uninterrupted = run_in_fresh_process(tmp_path / "straight", steps, every)  # runs beside the victim
     folder = tmp_path / "killed"
     progress = tmp_path / "progress.log"
     progress.write_text("")
     victim = run_in_fresh_process(folder, steps, every, env={training.PROGRESS_ENV: str(progress)})
     deadline = time.time() + 600
-    while "step 5/6" not in progress.read_text():  # checkpoint-4 is complete once step 5 has started
+    while "step 3/4" not in progress.read_text():  # checkpoint-2 is complete once step 3 has started
         assert victim.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     reference = result_of(uninterrupted)
     assert not list(folder.rglob("lora-r8-seed*.json")), "a killed run leaves no results file"
-    [state] = folder.rglob("checkpoint-4/trainer_state.json")
+    [state] = folder.rglob("checkpoint-2/trainer_state.json")
     logged = [[e["loss"], e["grad_norm"]] for e in json.loads(state.read_text())["log_history"] if "loss" in e]
-    assert len(logged) == 4 and logged == reference["log"][:4], "bit-identical, not approximately equal"
+    assert len(logged) == 2 and logged == reference["log"][:2], "bit-identical, not approximately equal"
     resumed = result_of(run_in_fresh_process(folder, steps, every))
-    assert resumed["resumed"] == 4
+    assert resumed["resumed"] == 2
     assert resumed["loss_after"] == pytest.approx(reference["loss_after"], abs=1e-4)
     assert resumed["tokens"] == reference["tokens"]
     assert [loss for loss, _ in resumed["log"]] == pytest.approx([loss for loss, _ in reference["log"]], abs=1e-4)
@@ -193,9 +193,10 @@ def fp32_perplexity(model: torch.nn.Module, dataset) -> float:
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory):
     """A smoke LoRA run on the bf16 path (an AMX CPU's or an A100's precision; emulated on a CPU without bf16, where
-    one step of one example takes ~30 s: hence one step, one example, no answers; the evaluation is the full smoke one)."""
+    one step of one 123-token example took ~30 s: hence one step, one example, examples of at most 64 tokens, no
+    answers). The evaluation still packs several examples (held-out) and text windows (general text) per row."""
     bf16_lab = helpers.Lab("smoke", results=tmp_path_factory.mktemp("bf16"), max_steps=1, batch_size=1,
-                           generation_prompts=0)
+                           generation_prompts=0, max_length=64)
     bf16_lab.env = dataclasses.replace(bf16_lab.env, precision=choose_precision("cpu", native_bf16=True))
     return bf16_lab, bf16_lab.run(helpers.lora(8))[0]
 
