@@ -252,3 +252,31 @@ def test_a_model_with_a_fixed_causal_mask_is_evaluated_in_packs_it_can_take():
     alone = perplexity(model, ds, max_tokens=1, pad_id=PAD)["per_example"]
     assert [t for _, t in packed["per_example"]] == [t for _, t in alone]
     assert [n for n, _ in packed["per_example"]] == pytest.approx([n for n, _ in alone], abs=1e-3)
+
+
+def test_a_lora_model_is_evaluated_merged_with_the_unmerged_result_and_left_unmerged(tiny_llama):
+    """Evaluation folds the adapters into the base weights (one matmul per layer instead of three) and takes them out
+    again: the loss equals the unmerged model's hand computation, every layer is unmerged afterwards, and each base
+    weight is back within a rounding step."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = get_peft_model(tiny_llama, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter: B is zero at initialisation, which would make merging a no-op
+            torch.nn.init.normal_(param, std=0.5)
+    examples = make_examples(LENGTHS)
+    exact, _ = token_weighted(hand_nll(model, examples))
+    bases = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    calls = []
+    merge = model.merge_adapter
+    model.merge_adapter = lambda *a, **k: (calls.append("merge"), merge(*a, **k))[1]
+    got = perplexity(model, Dataset.from_list(examples), max_tokens=4096, pad_id=PAD)
+    assert calls == ["merge"]
+    assert got["loss"] == pytest.approx(exact, rel=1e-6)
+    assert not any(m.merged for m in model.modules() if isinstance(m, BaseTunerLayer))
+    for name, param in model.named_parameters():
+        if name in bases:
+            torch.testing.assert_close(param, bases[name], rtol=1e-6, atol=1e-7)
+    unmerged_again, _ = token_weighted(hand_nll(model, examples))
+    assert unmerged_again == pytest.approx(exact, rel=1e-6)
