@@ -29,7 +29,8 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 lab: setup
-	LAB_PROFILE=$${LAB_PROFILE:-cpu} $(BIN)/python -m helpers.tools.execute notebooks/*.ipynb
+	LAB_PROFILE=$${LAB_PROFILE:-cpu} LAB_ISOLATE_RUNS=$${LAB_ISOLATE_RUNS:-1} \
+	  $(BIN)/python -m helpers.tools.execute notebooks/*.ipynb
 
 # make test: one worker per core (at most 4), one thread each: a smoke run is mostly single-threaded Python, so two
 # workers finish in a little over half the time, while 2 threads each would oversubscribe the cores. conftest.py keeps

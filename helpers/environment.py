@@ -24,6 +24,9 @@ PROFILE_ENV = "LAB_PROFILE"
 RESULTS_ENV = "LAB_RESULTS_DIR"
 CACHE_ENV = "LAB_CACHE_DIR"
 SEEDS_ENV = "LAB_SEEDS"
+# "1": Lab.run_seed trains each (spec, seed) in a fresh Python process of its own (make lab sets it); "child" marks
+# that process. One process for many runs fragments glibc's heap run after run (README, "Speed").
+ISOLATE_ENV = "LAB_ISOLATE_RUNS"
 
 
 @dataclass(frozen=True)

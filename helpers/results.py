@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jsonschema import Draft202012Validator, FormatChecker
 
-from .environment import package_versions
+from .environment import ISOLATE_ENV, package_versions
 from .profiles import CELL_NAMES, PROFILES
 
 SCHEMA_PATH = Path(__file__).with_name("results_schema.json")
@@ -283,6 +283,8 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
                      "tokens_per_second_median": outcome.tokens_per_second_median,
                      "tokens_per_second_upper_quartile": outcome.tokens_per_second_upper_quartile,
                      "step_times": outcome.step_times,
+                     # trained in a fresh process of its own (Lab's run isolation), or after other work in the same one
+                     "own_process": os.environ.get(ISOLATE_ENV) == "child",
                      "learning_rate": outcome.learning_rate,
                      "optimizer": outcome.optimizer, "batch_size": profile.batch_size, "precision": env.precision.name,
                      "gradient_checkpointing": outcome.gradient_checkpointing, "loss_head": outcome.loss_head,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
+import subprocess
+import sys
+import tempfile
+from collections import deque
 from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cached_property
@@ -14,7 +20,7 @@ from trl import SFTConfig
 
 from . import baseline, memory, profiles, results, specs, tracking
 from .data import LabData, longest_examples, prepare_data, prepare_text
-from .environment import (Environment, Parallel, detect, full_checkpoints_dir, launched_parallel, results_dir,
+from .environment import (ISOLATE_ENV, Environment, Parallel, detect, full_checkpoints_dir, launched_parallel, results_dir,
                           write_directory_atomically)
 from .evaluation import generate, perplexity
 from .memory import MemoryMeter, release
@@ -41,8 +47,12 @@ class Lab:
                  **overrides):
         self.report_to = tracking.check_report_to(report_to)
         self.profile: Profile = get_profile(profile, seeds=seeds, **overrides)
+        # what a fresh process needs to rebuild this Lab for one isolated run (run_seed)
+        self._rebuild = {"profile": self.profile.name, "seeds": list(self.profile.seeds), "report_to": report_to,
+                         **overrides}
         self.env: Environment = detect()
         self.results_dir = Path(results) if results else results_dir()
+        self._rebuild["results"] = str(self.results_dir)
         # Under torchrun / accelerate launch: several processes train one run (helpers.tools.distributed)
         parallel = parallel or launched_parallel()
         parallel.per_device_batch(self.profile.batch_size)  # refused now if the batch cannot be split
@@ -69,7 +79,7 @@ class Lab:
                 "packs too)" if self.row_limit else "")
         return (f"{self.env.describe()}\nprofile {p.name}: model {p.model}, data {p.dataset}, "
                 f"{p.max_steps} steps x {p.batch_size} examples (max {p.max_length} tokens), "
-                f"held-out {p.eval_examples} examples{forgetting}; training seeds {list(p.seeds)}; "
+                f"held-out up to {p.eval_examples} examples (the split decides; each record has the count){forgetting}; training seeds {list(p.seeds)}; "
                 f"{self.parallel.describe()}{rows}\nresults -> {self.results_dir}")
 
     @property
@@ -264,6 +274,38 @@ class Lab:
                                                    "categories": {c: measured[c] for c in memory.CATEGORIES}}])
         return block
 
+    def _run_in_own_process(self, spec: RunSpec, seed: int, force: bool, label: str) -> dict:
+        """run_seed in a fresh Python process (helpers.tools.run_one), its output printed here; the record is read
+        back from its file. Why: in one process, each run trains on a heap fragmented by the runs before it (glibc
+        malloc), which made later runs up to 15% slower (README, "Speed"); a fresh process gives every run the same
+        start, as each notebook's kernel has."""
+        with tempfile.NamedTemporaryFile("wb", suffix=".pkl", delete=False) as job:
+            pickle.dump({"lab": self._rebuild, "spec": spec, "seed": seed, "force": force}, job)
+        root = str(Path(__file__).resolve().parent.parent)  # where `helpers` imports from, whatever the cwd
+        env = {**os.environ, ISOLATE_ENV: "child", "PYTHONUNBUFFERED": "1",  # its lines as they come
+               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        tail: deque[str] = deque(maxlen=40)
+        try:
+            with tempfile.TemporaryFile("w+") as errors:
+                with subprocess.Popen([sys.executable, "-m", "helpers.tools.run_one", job.name], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=errors, bufsize=1) as child:
+                    for line in child.stdout:
+                        tail.append(line)
+                        print(line, end="", flush=True)
+                errors.seek(0)
+                warnings = errors.read()
+                if sys.__stderr__ is not None:  # library warnings and progress bars: where this process's go
+                    sys.__stderr__.write(warnings)
+        finally:
+            os.unlink(job.name)
+        record = self.finished(spec, seed) if child.returncode == 0 else None
+        if record is None:
+            last = "".join(tail) + "\n".join(warnings.splitlines()[-30:])
+            raise RuntimeError(f"{label}: its own training process failed (exit code {child.returncode}) and wrote no "
+                               f"result; its last lines:\n{last}\nUnset {ISOLATE_ENV} to train it in this process and "
+                               "see the error where it happens.")
+        return record
+
     def run(self, spec: RunSpec | Sequence[RunSpec], force: bool = False) -> list[dict]:
         """Every training seed of the profile for this spec, or for each of several specs (one results file each);
         finished ones are skipped. Every spec is checked, and one that cannot run on this model refused, before
@@ -288,6 +330,8 @@ class Lab:
             print(f"{label}: already done ({self.result_path(spec.run_id, seed)}), skipped. "
                   "Set FORCE = True to run it again.")
             return done
+        if os.environ.get(ISOLATE_ENV) == "1" and self.parallel.processes == 1:
+            return self._run_in_own_process(spec, seed, force, label)
         env, profile, data = self.env, self.profile, self.data
         where = self.result_path(spec.run_id, seed).parent  # the checkpoints and the artifact go beside the file
         if where != self.results_dir:

@@ -139,6 +139,15 @@ def test_one_seed_general_text_change_is_a_paired_bootstrap(reference):
     assert moved.method == "bootstrap" and moved.low > 0
 
 
+def test_one_seed_claims_no_speed_order_and_no_repetition_direction(reference):
+    """One seed gives one measurement per run: no interval, so no "fastest" without saying so, no "repeat more"."""
+    text = " ".join(notes.reading_notes([r for r in reference if r["seed"] == 42]))
+    assert "One seed, so no interval: the speeds are one measurement each. Fastest:" in text
+    assert "no run is said to repeat itself more" in text and "No run's answers" not in text
+    three = " ".join(notes.reading_notes(reference))
+    assert "One seed, so no interval" not in three and "no run is said to repeat" not in three
+
+
 # ---------------------------------------------------------------- the decoding demo
 
 def test_penalty_leaves_greedy_unchanged(tiny_llama, real_tokenizer):

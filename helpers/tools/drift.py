@@ -1,11 +1,13 @@
-"""Does training speed drift with a kernel's history? (python -m helpers.tools.drift). Not part of `make lab`.
+"""Does training speed drift with a process's history? (python -m helpers.tools.drift). Not part of `make lab`.
 
-Trains the same spec and seed `--repeats` times in one process through lab.run's own path (baseline, training, the
-largest-batch memory step, evaluation, saving: everything a notebook kernel does between runs), into a throwaway
-results folder, and prints per repeat: tokens/s (mean over the timed steps, the median and the upper-quartile step), CPU seconds in user
-and kernel mode, and minor page faults. Identical work, so any trend across repeats is the process's history (the
-allocator, caches, leaked objects), and the step-to-step spread is the machine's. The last lines give each rate's
-trend: last / first, the slope per repeat as % of the mean, and the spread max / min - 1 against the lab's 10%.
+Trains one spec for the seeds of `--order`, one after another, through lab.run_seed's own path (baseline, training,
+the largest-batch memory step, evaluation, saving: everything a notebook kernel does between runs), into a throwaway
+results folder, and prints per run: tokens/s (mean over the timed steps, the median and the upper-quartile step), CPU
+seconds in user and kernel mode, and minor page faults. The default order trains seed 42 first and last: the same
+work, so a gap between the two is the process's history (in one process: a heap fragmented by the runs between;
+with `--own-process`, as make lab trains, every run starts in a fresh process and the gap is the machine's own
+variation). The last lines give each rate's trend: last / first, the slope per run as % of the mean, and the spread
+max / min - 1 against the lab's 10%.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import statistics
 import tempfile
 import time
 
+from ..environment import ISOLATE_ENV
 from ..runs import Lab
 from ..specs import full, lora, qlora
 
@@ -37,24 +40,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=os.environ.get("LAB_PROFILE", "cpu"))
     parser.add_argument("--run", choices=sorted(SPECS), default="lora-r8")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--order", default="42,1,2,42", help="training seeds in run order (default: 42,1,2,42)")
+    parser.add_argument("--own-process", action="store_true",
+                        help="train each run in a fresh process of its own, as make lab does ($LAB_ISOLATE_RUNS=1)")
     args = parser.parse_args(argv)
-    lab = Lab(args.profile, results=tempfile.mkdtemp(prefix="drift-"), seeds=1)
+    order = [int(seed) for seed in args.order.split(",")]
+    os.environ[ISOLATE_ENV] = "1" if args.own_process else "0"
+    lab = Lab(args.profile, results=tempfile.mkdtemp(prefix="drift-"), seeds=sorted(set(order)))
     spec = SPECS[args.run]()
-    print(lab.describe(), f"\n{args.run}, seed {lab.seeds[0]}, {args.repeats} times in this process\n", flush=True)
+    where = "each in a fresh process of its own" if args.own_process else "all in this process"
+    print(lab.describe(), f"\n{args.run}, seeds {order} in this order, {where}\n", flush=True)
+    who = resource.RUSAGE_CHILDREN if args.own_process else resource.RUSAGE_SELF
     rows = []
-    for i in range(args.repeats):
-        cpu, faults, wall = os.times(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-        record = lab.run_seed(spec, lab.seeds[0], force=True)
+    for i, seed in enumerate(order):
+        cpu, faults, wall = os.times(), resource.getrusage(who).ru_minflt, time.perf_counter()
+        record = lab.run_seed(spec, seed, force=True)
         after = os.times()
+        user = (after.children_user - cpu.children_user) if args.own_process else after.user - cpu.user
+        system = (after.children_system - cpu.children_system) if args.own_process else after.system - cpu.system
         t = record["training"]
         rows.append({"mean": t["tokens_per_second"], "median": t["tokens_per_second_median"],
                      "upper quartile": t["tokens_per_second_upper_quartile"]})
-        print(f"repeat {i + 1}: {t['tokens_per_second']:.1f} tokens/s (median step {t['tokens_per_second_median']:.1f}, "
-              f"upper-quartile step {t['tokens_per_second_upper_quartile']:.1f}); "
-              f"whole run {time.perf_counter() - wall:.0f} s, CPU user {after.user - cpu.user:.0f} s, "
-              f"kernel {after.system - cpu.system:.0f} s, minor page faults "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults:,}", flush=True)
+        print(f"run {i + 1}, seed {seed}: {t['tokens_per_second']:.1f} tokens/s (median step "
+              f"{t['tokens_per_second_median']:.1f}, upper-quartile step {t['tokens_per_second_upper_quartile']:.1f}); "
+              f"whole run {time.perf_counter() - wall:.0f} s, CPU user {user:.0f} s, kernel {system:.0f} s, minor page "
+              f"faults {resource.getrusage(who).ru_minflt - faults:,}", flush=True)
+    if len(order) > 1 and order[0] == order[-1]:
+        same = rows[-1]["upper quartile"] / rows[0]["upper quartile"] - 1
+        print(f"seed {order[0]}, the same work first and last: upper-quartile step {100 * same:+.1f}%", flush=True)
     for key in ("mean", "median", "upper quartile"):
         found = trend([r[key] for r in rows])
         verdict = "within" if found["spread"] <= BOUND else "OUTSIDE"
