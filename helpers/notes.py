@@ -329,14 +329,16 @@ def repetition_notes(records: list[dict]) -> list[str]:
     words = {run: direction(change(runs[run], "repeated 3-grams % before", "repeated 3-grams % after"))
              for run in moves}
     more = [run for run, w in words.items() if w == "rose"]
-    if all(w.startswith("no direction claimed") for w in words.values()):  # one seed: nothing to test against
+    untested = [run for run, w in words.items() if w.startswith("no direction claimed")]  # one seed: no interval
+    if len(untested) == len(words):
         notes.append("With one seed there is no interval for these changes: no run is said to repeat itself more "
-                     "(run more seeds, LAB_SEEDS=3, to test it).")
+                     "(train with SEEDS = 3 to test it).")
     elif more:
         notes.append(f"The answers of {_and(more)} repeat themselves more after training than their base's: "
                      "a lower perplexity did not make them better answers to read (see the answers below).")
     else:
-        notes.append("No run's answers repeat themselves more after training beyond noise.")
+        notes.append("No run's answers repeat themselves more after training beyond noise"
+                     + (f" ({_and(untested)}: one seed, not tested)." if untested else "."))
     return notes
 
 
@@ -437,8 +439,9 @@ def reading_notes(records: list[dict], directory: Path | str | None = None) -> l
     speed = {run: i for run, i in speed.items() if i is not None and i.mean > 0}
     if len(speed) > 1:
         fast, slow = max(speed, key=lambda r: speed[r].mean), min(speed, key=lambda r: speed[r].mean)
-        single = any(i.method == "single" for i in speed.values())
-        notes.append(("One seed, so no interval: the speeds are one measurement each. " if single else "")
+        single = [run for run, i in speed.items() if i.method == "single"]
+        notes.append(("One seed, so no interval: the speeds are one measurement each. " if len(single) == len(speed)
+                      else f"{_and(single)}: one seed, no interval. " if single else "")
                      + f"Fastest: {fast} ({speed[fast].text(0)} tokens/s); slowest: {slow} ({speed[slow].text(0)} "
                      f"tokens/s), {format_ratio(speed[fast].mean / speed[slow].mean)} apart.")
     notes += pareto_notes(records)

@@ -52,7 +52,8 @@ class Lab:
                          **overrides}
         self.env: Environment = detect()
         self.results_dir = Path(results) if results else results_dir()
-        self._rebuild["results"] = str(self.results_dir)
+        self._rebuild["results"] = str(self.results_dir.resolve())
+        self._detected = (self.env, parallel is None)  # a fresh process rebuilds only a detected env and parallel
         # Under torchrun / accelerate launch: several processes train one run (helpers.tools.distributed)
         parallel = parallel or launched_parallel()
         parallel.per_device_batch(self.profile.batch_size)  # refused now if the batch cannot be split
@@ -274,36 +275,53 @@ class Lab:
                                                    "categories": {c: measured[c] for c in memory.CATEGORIES}}])
         return block
 
+    def _isolated(self) -> bool:
+        """Whether run_seed trains in a fresh process: $LAB_ISOLATE_RUNS=1, one process, and nothing set on this Lab
+        that a fresh one would not detect again (a given `parallel`, an `env` replaced after it was built)."""
+        env, detected_parallel = self._detected
+        return (os.environ.get(ISOLATE_ENV) == "1" and self.parallel.processes == 1 and detected_parallel
+                and self.env is env)
+
     def _run_in_own_process(self, spec: RunSpec, seed: int, force: bool, label: str) -> dict:
         """run_seed in a fresh Python process (helpers.tools.run_one), its output printed here; the record is read
-        back from its file. Why: in one process, each run trains on a heap fragmented by the runs before it (glibc
-        malloc), which made later runs up to 15% slower (README, "Speed"); a fresh process gives every run the same
-        start, as each notebook's kernel has."""
-        with tempfile.NamedTemporaryFile("wb", suffix=".pkl", delete=False) as job:
-            pickle.dump({"lab": self._rebuild, "spec": spec, "seed": seed, "force": force}, job)
+        back from its file. Why: in one process, each run trains on a heap that the runs before it fragmented (glibc
+        malloc), which made later runs of the same work up to 15% slower (README, "Speed"); a fresh process gives
+        every run the same start. Library warnings and progress bars go where this process's stderr goes."""
+        release()  # what this kernel freed (a trainer built to inspect) is not the child's to carry: CUDA's cache too
         root = str(Path(__file__).resolve().parent.parent)  # where `helpers` imports from, whatever the cwd
         env = {**os.environ, ISOLATE_ENV: "child", "PYTHONUNBUFFERED": "1",  # its lines as they come
                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         tail: deque[str] = deque(maxlen=40)
+        warnings, job = "", None
         try:
+            with tempfile.NamedTemporaryFile("wb", suffix=".pkl", delete=False) as job:
+                pickle.dump({"lab": self._rebuild, "spec": spec, "seed": seed, "force": force}, job)
             with tempfile.TemporaryFile("w+") as errors:
                 with subprocess.Popen([sys.executable, "-m", "helpers.tools.run_one", job.name], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=errors, bufsize=1) as child:
-                    for line in child.stdout:
-                        tail.append(line)
-                        print(line, end="", flush=True)
+                    try:
+                        for line in child.stdout:
+                            tail.append(line)
+                            print(line, end="", flush=True)
+                    except BaseException:  # an interrupted cell stops the run too, not only its printing
+                        child.terminate()
+                        child.wait()
+                        raise
                 errors.seek(0)
                 warnings = errors.read()
-                if sys.__stderr__ is not None:  # library warnings and progress bars: where this process's go
+                if sys.__stderr__ is not None:
                     sys.__stderr__.write(warnings)
         finally:
-            os.unlink(job.name)
-        record = self.finished(spec, seed) if child.returncode == 0 else None
+            if job is not None:
+                Path(job.name).unlink(missing_ok=True)
+        code = child.returncode
+        record = self.finished(spec, seed) if code == 0 else None
         if record is None:
+            how = (f"was killed by signal {-code} (9: often out of memory)" if code < 0 else
+                   f"failed (exit code {code})" if code else "ended without a matching result")
             last = "".join(tail) + "\n".join(warnings.splitlines()[-30:])
-            raise RuntimeError(f"{label}: its own training process failed (exit code {child.returncode}) and wrote no "
-                               f"result; its last lines:\n{last}\nUnset {ISOLATE_ENV} to train it in this process and "
-                               "see the error where it happens.")
+            raise RuntimeError(f"{label}: its own training process {how}; its last lines:\n{last}\nTo see the error "
+                               f"where it happens, train it in this process: {ISOLATE_ENV}=0 (make lab sets 1).")
         return record
 
     def run(self, spec: RunSpec | Sequence[RunSpec], force: bool = False) -> list[dict]:
@@ -330,7 +348,7 @@ class Lab:
             print(f"{label}: already done ({self.result_path(spec.run_id, seed)}), skipped. "
                   "Set FORCE = True to run it again.")
             return done
-        if os.environ.get(ISOLATE_ENV) == "1" and self.parallel.processes == 1:
+        if self._isolated():
             return self._run_in_own_process(spec, seed, force, label)
         env, profile, data = self.env, self.profile, self.data
         where = self.result_path(spec.run_id, seed).parent  # the checkpoints and the artifact go beside the file

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the unit tests never touch the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("LAB_ISOLATE_RUNS", None)  # a test that wants runs in their own process sets it itself
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

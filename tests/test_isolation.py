@@ -3,6 +3,7 @@ trains on a heap fragmented by the runs before it (README, "Speed")."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -36,6 +37,18 @@ def test_a_failed_isolated_run_says_what_failed_and_how_to_see_it(tmp_path, monk
         lab.run_seed(lora(8), 42)
     message = str(error.value)
     assert "lora-r8-seed42: its own training process failed (exit code 3)" in message
-    assert "loading the model" in message and "Traceback: boom" in message and f"Unset {ISOLATE_ENV}" in message
+    assert "loading the model" in message and "Traceback: boom" in message and f"{ISOLATE_ENV}=0" in message
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
     assert runs.os.environ[ISOLATE_ENV] == "1"
+
+
+def test_a_lab_whose_env_or_parallel_was_set_by_hand_trains_in_this_process(tmp_path, monkeypatch):
+    """A fresh process would detect its own env and parallel, not the ones set here: such a Lab is not isolated."""
+    monkeypatch.setenv(ISOLATE_ENV, "1")
+    assert Lab("smoke", results=tmp_path, seeds=1)._isolated()
+    changed = Lab("smoke", results=tmp_path, seeds=1)
+    changed.env = dataclasses.replace(changed.env)  # equal, but not the one it detected
+    assert not changed._isolated()
+    assert not Lab("smoke", results=tmp_path, seeds=1, parallel=runs.Parallel())._isolated()
+    monkeypatch.setenv(ISOLATE_ENV, "0")
+    assert not Lab("smoke", results=tmp_path, seeds=1)._isolated()
