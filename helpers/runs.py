@@ -47,12 +47,11 @@ class Lab:
                  **overrides):
         self.report_to = tracking.check_report_to(report_to)
         self.profile: Profile = get_profile(profile, seeds=seeds, **overrides)
-        # what a fresh process needs to rebuild this Lab for one isolated run (run_seed)
-        self._rebuild = {"profile": self.profile.name, "seeds": list(self.profile.seeds), "report_to": report_to,
-                         **overrides}
         self.env: Environment = detect()
         self.results_dir = Path(results) if results else results_dir()
-        self._rebuild["results"] = str(self.results_dir.resolve())
+        # what a fresh process needs to rebuild this Lab for one isolated run (run_seed)
+        self._rebuild = {"profile": self.profile.name, "seeds": list(self.profile.seeds), "report_to": report_to,
+                         "results": str(self.results_dir.resolve()), **overrides}
         self._detected = (self.env, parallel is None)  # a fresh process rebuilds only a detected env and parallel
         # Under torchrun / accelerate launch: several processes train one run (helpers.tools.distributed)
         parallel = parallel or launched_parallel()
@@ -80,7 +79,8 @@ class Lab:
                 "packs too)" if self.row_limit else "")
         return (f"{self.env.describe()}\nprofile {p.name}: model {p.model}, data {p.dataset}, "
                 f"{p.max_steps} steps x {p.batch_size} examples (max {p.max_length} tokens), "
-                f"held-out up to {p.eval_examples} examples (the split decides; each record has the count){forgetting}; training seeds {list(p.seeds)}; "
+                f"held-out up to {p.eval_examples} examples (the split decides; each record has the count)"
+                f"{forgetting}; training seeds {list(p.seeds)}; "
                 f"{self.parallel.describe()}{rows}\nresults -> {self.results_dir}")
 
     @property
