@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,13 @@ from .environment import Precision, heap_reuse
 from .models import packed_row_limit
 
 EVALUATION_PRECISION = "fp32"  # what every perplexity is computed in; the results record it
+
+
+class ExampleScore(NamedTuple):
+    nll: float  # summed over the example's target tokens
+    tokens: int  # its target tokens
+    predicted: list[int]  # the most likely token at each target position
+    lead: list[float]  # that token's logit minus the runner-up's: near 0, a near tie
 
 
 def compute_context(device: str, precision: Precision):
@@ -119,9 +126,9 @@ def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
 
 
 def _target_log_probs(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(label), is-a-target) at every position of the packed row but the last, shape (length - 1,) each; the
-    log-probability is 0 where the next token is not a target.
+                      labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(log p(label), is-a-target, the most likely next token, its logit's lead over the second) at every position of
+    the packed row but the last, shape (length - 1,) each; 0, -1 and 0 where the next token is not a target.
 
     The LM head runs on the target positions only: on a CPU, scoring the prompt tokens too (as TRL's fused head
     does off CUDA) made evaluation about a third slower, for numbers nobody reads. Models whose logits are
@@ -139,13 +146,19 @@ def _target_log_probs(model: torch.nn.Module, input_ids: torch.Tensor, position_
         picked = lm.get_output_embeddings()(hidden[0, :-1][keep])
     out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     out[keep] = -F.cross_entropy(picked.float(), targets[keep], reduction="none")
-    return out, keep
+    predicted = torch.full(targets.shape, -1, dtype=torch.long, device=targets.device)
+    lead = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+    top = picked.float().topk(2, dim=-1)
+    predicted[keep], lead[keep] = top.indices[:, 0], top.values[:, 0] - top.values[:, 1]
+    return out, keep, predicted, lead
 
 
 @torch.no_grad()
-def per_example_nll(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048,
-                    pad_id: int = 0) -> list[tuple[float, int]]:
-    """(summed NLL, predicted tokens) of every example, in dataset order, in fp32 (exact_computation).
+def per_example_scores(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048,
+                       pad_id: int = 0) -> list[ExampleScore]:
+    """Every example's summed NLL and target count, and at each of its target positions the model's most likely
+    token and that token's logit lead over the runner-up (how near a tie it was); dataset order, fp32
+    (exact_computation).
 
     Examples are packed without padding exactly as in training (TRL's padding-free collator: position ids restart
     per example, so none attends to another, and each example's first label is masked so none is predicted from the
@@ -158,22 +171,29 @@ def per_example_nll(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 
     if limit := packed_row_limit(_causal_lm(model)):  # a longer pack would not run; any packing gives the same result
         max_tokens = min(max_tokens, limit)
     collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)
-    found: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    found: list[ExampleScore] = [ExampleScore(0.0, 0, [], [])] * len(examples)
     try:
         with heap_reuse(), exact_computation(model), merged_adapters(model):
             for pack in token_batches([len(e["input_ids"]) for e in examples], max_tokens):
                 batch = collate([{"input_ids": examples[i]["input_ids"], "labels": examples[i]["labels"]}
                                  for i in pack])
-                log_probs, keep = _target_log_probs(model, batch["input_ids"].to(device),
-                                                    batch["position_ids"].to(device), batch["labels"].to(device))
-                log_probs, keep = log_probs.cpu(), keep.cpu()
+                log_probs, keep, predicted, lead = (t.cpu() for t in _target_log_probs(
+                    model, batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device)))
                 bounds = batch["cu_seq_lens_q"].tolist()
                 for k, i in enumerate(pack):  # position t of log_probs predicts token t + 1 of the packed row
                     lo, hi = max(0, bounds[k] - 1), bounds[k + 1] - 1
-                    found[i] = (-float(log_probs[lo:hi].sum()), int(keep[lo:hi].sum()))
+                    mine = keep[lo:hi]
+                    found[i] = ExampleScore(-float(log_probs[lo:hi].sum()), int(mine.sum()),
+                                            predicted[lo:hi][mine].tolist(), lead[lo:hi][mine].tolist())
     finally:
         model.train(was_training)
     return found
+
+
+def per_example_nll(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048,
+                    pad_id: int = 0) -> list[tuple[float, int]]:
+    """(summed NLL, predicted tokens) of every example, in dataset order: per_example_scores without the predictions."""
+    return [(s.nll, s.tokens) for s in per_example_scores(model, dataset, max_tokens, pad_id)]
 
 
 def perplexity(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048, pad_id: int = 0) -> dict:

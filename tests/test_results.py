@@ -29,7 +29,7 @@ def test_valid_record_fills_every_required_field():
     record = valid_record()
     assert set(results.SCHEMA["required"]) <= set(record)
     for key, spec in results.SCHEMA["properties"].items():
-        if spec.get("type") == "object":
+        if spec.get("type") == "object" and key in results.SCHEMA["required"]:  # "export" is added later, by 05
             assert set(spec["required"]) <= set(record[key]), key
 
 
