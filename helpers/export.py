@@ -8,6 +8,7 @@ not an installable package, so the few lines of that mapping for the Llama archi
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,9 +22,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from .adapters import has_4bit_layers, merge, merge_dequantized, reload
+from .adapters import adapter_name, has_4bit_layers, merge, merge_dequantized, reload
 from .environment import Precision
 from .evaluation import ExampleScore, generate, per_example_scores, summarize_nll
+from .formatting import format_bytes, format_count
+from .models import load_config
 from .results import write_atomic
 
 # What llama.cpp calls each preset's pre-tokenizer (its regex split before BPE); it identifies SmolLM2's as "smollm".
@@ -31,8 +34,12 @@ PRE_TOKENIZER = {"smollm2-135m-bundled": "smollm", "smollm2-135m": "smollm"}
 # name -> (the type 2-D weights are stored in, the file type llama.cpp reads from the header)
 KINDS = {"f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
          "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0)}
-# What the read-back check must show (issue "Use your model"): next-token agreement and perplexity gap per kind.
+# The read-back check's bounds: next-token agreement and perplexity gap per kind. F16 rounds each weight by about
+# 2^-11 of itself, Q8_0 by up to 2^-8 of its block's largest value: Q8_0's bounds are ten times looser.
 BOUNDS = {"f16": {"agreement": 0.999, "perplexity": 0.001}, "q8_0": {"agreement": 0.99, "perplexity": 0.01}}
+# A flipped next token where the merged model led its runner-up by less than this many logits is a near tie: rounding
+# can flip it. A broken layout or scale flips positions the model was sure of (its median lead is above 1 logit here).
+NEAR_TIE = 0.5
 SUPPORTED = ("Llama-architecture models (LlamaForCausalLM: SmolLM2, TinyLlama) without rope scaling or biases, "
              "with a byte-level BPE tokenizer (SmolLM2) or a byte-fallback BPE one (TinyLlama, Llama 2)")
 
@@ -41,11 +48,24 @@ class ExportError(ValueError):
     pass
 
 
-def check_exportable(model: torch.nn.Module) -> None:
-    """Refuse, before any file is written, what this exporter cannot write faithfully."""
-    config = model.config
+def check_kinds(kinds: object) -> tuple[str, ...]:
+    """KINDS from notebook 05's parameters: a non-empty list of distinct kinds this exporter writes."""
+    fix = f"Fix: KINDS = {list(KINDS)} (a list; any of {', '.join(repr(k) for k in KINDS)})"
+    if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
+        raise ExportError(f"KINDS = {kinds!r}: must be a non-empty list of GGUF types. {fix}")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or len(set(kinds)) != len(kinds):
+        what = f"{unknown} not written here" if unknown else "repeats a type"
+        raise ExportError(f"KINDS = {kinds!r}: {what}. {fix}")
+    return tuple(kinds)
+
+
+def check_config(config, name: str = "") -> None:
+    """Refuse, before any weight is loaded or file written, an architecture this exporter cannot write faithfully:
+    the check reads the model's config only, so a notebook fails in its first cells, not after training."""
     if config.model_type != "llama":
-        raise ExportError(f"{type(model).__name__} (model_type {config.model_type!r}) cannot be exported to GGUF "
+        name = name or (config.architectures or [config.model_type])[0]
+        raise ExportError(f"{name} (model_type {config.model_type!r}) cannot be exported to GGUF "
                           f"here: this exporter writes {SUPPORTED}. Fix: pick a Llama preset (MODEL_PRESET = "
                           "'smollm2-135m-bundled'), or convert the saved model folder with llama.cpp's "
                           "convert_hf_to_gguf.py, which knows other architectures.")
@@ -53,8 +73,14 @@ def check_exportable(model: torch.nn.Module) -> None:
     if rope.get("rope_type", "default") != "default" or getattr(config, "attention_bias", False) \
             or getattr(config, "mlp_bias", False):
         raise ExportError(f"{config.model_type} with rope {rope.get('rope_type')!r}, attention_bias "
-                          f"{config.attention_bias}, mlp_bias {config.mlp_bias}: this exporter writes {SUPPORTED}. "
+                          f"{getattr(config, 'attention_bias', False)}, mlp_bias {getattr(config, 'mlp_bias', False)}: "
+                          f"this exporter writes {SUPPORTED}. "
                           "Fix: convert the saved model folder with llama.cpp's convert_hf_to_gguf.py.")
+
+
+def check_exportable(model: torch.nn.Module) -> None:
+    """check_config on a loaded model, and no 4-bit layers left in it."""
+    check_config(model.config, type(model).__name__)
     if has_4bit_layers(model):
         raise ExportError("The model still has 4-bit layers: a GGUF file of it would hold NF4 weights no GGUF reader "
                           "knows. Fix: export helpers.adapters.merge_dequantized(lab, record), the QLoRA adapter "
@@ -65,27 +91,45 @@ def merged_model(lab, record: dict) -> PreTrainedModel:
     """A run's trained model as one plain fp32 model: the saved full model, or the adapter merged into its base
     (a QLoRA adapter into its dequantized 4-bit base: the weights it learned to correct)."""
     if record["lora"] is None:
-        return AutoModelForCausalLM.from_pretrained(lab.artifact_path(record), dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(lab.artifact_path(record), dtype=torch.float32).to(lab.env.device)
     if record.get("quantization"):
         return merge_dequantized(lab, record)
     return merge(reload(lab, record))
 
 
-def _vocabulary(tokenizer) -> tuple[gguf.vocab.Vocab, gguf.SpecialVocab]:
-    """llama.cpp's own readers of a saved tokenizer: byte-level BPE (gpt2) or byte-fallback BPE (llama)."""
+def _vocabulary(tokenizer) -> tuple[gguf.vocab.Vocab, gguf.SpecialVocab, list[float] | None]:
+    """llama.cpp's own readers of a saved tokenizer: byte-level BPE (gpt2) or byte-fallback BPE (llama), with the
+    scores a llama vocabulary is merged by (None for gpt2, which is merged by its merges)."""
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.save_pretrained(folder)
         for reader in (gguf.vocab.BpeVocab, gguf.vocab.LlamaHfVocab):
             try:
                 vocab = reader(Path(folder))
                 break
-            except (FileNotFoundError, TypeError):
+            except (FileNotFoundError, TypeError):  # how each reader says "not my kind of tokenizer"
                 continue
         else:
             raise ExportError(f"{type(tokenizer).__name__}: neither a byte-level BPE nor a byte-fallback BPE "
                               f"tokenizer; this exporter writes {SUPPORTED}.")
         special = gguf.SpecialVocab(folder, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=vocab.vocab_size)
-    return vocab, special
+        scores = _merge_scores(Path(folder), vocab) if vocab.tokenizer_model == "llama" else None
+    return vocab, special, scores
+
+
+def _merge_scores(folder: Path, vocab: gguf.vocab.Vocab) -> list[float]:
+    """A "llama" vocabulary's scores, from the merges in its tokenizer.json. llama.cpp merges such a vocabulary
+    SentencePiece's way: the adjacent pair whose joined text is the token of highest score first (the leftmost on a
+    tie), never reading merges; transformers' GGUF reader rebuilds the merges in score order. So a token scores minus
+    the rank of the first merge that makes it, and one that no merge makes (special, byte, single character) 0: the
+    order of the model's own merges. gguf's LlamaHfVocab gives every token -1000, a placeholder (its comment says
+    so) with which both merge in another order ("▁student" as "▁stu de n t" in llama.cpp's); llama.cpp's
+    converter only falls back on it when there is no tokenizer.model, which a transformers 5 tokenizer does not save."""
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge  # older files: "a b"
+        rank.setdefault(left + right, i)
+    return [-(rank[text] + 1.0) if text in rank else 0.0
+            for text in (token.decode("utf-8") for token, _, _ in vocab.all_tokens())]
 
 
 def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -126,7 +170,7 @@ def write_gguf(model: torch.nn.Module, tokenizer, path: Path, kind: str = "q8_0"
     if kind not in KINDS:
         raise ExportError(f"kind {kind!r}: choose one of {sorted(KINDS)}.")
     check_exportable(model)
-    vocab, special = _vocabulary(tokenizer)
+    vocab, special, scores = _vocabulary(tokenizer)
     config, path = model.config, Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
@@ -145,13 +189,16 @@ def write_gguf(model: torch.nn.Module, tokenizer, path: Path, kind: str = "q8_0"
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         writer.add_vocab_size(config.vocab_size)
         writer.add_rope_dimension_count(config.head_dim)
-        tokens, scores, types = zip(*vocab.all_tokens())
+        tokens, _, types = zip(*vocab.all_tokens())
         writer.add_tokenizer_model(vocab.tokenizer_model)
         writer.add_tokenizer_pre(PRE_TOKENIZER.get(preset, "default"))
         writer.add_token_list(tokens)
-        if vocab.tokenizer_model == "llama":  # SentencePiece-style merging ranks pieces by score
+        if scores is not None:  # SentencePiece-style merging ranks pieces by score
             writer.add_token_scores(scores)
         writer.add_token_types(types)
+        if "bos" not in special.add_special_token:  # written either way: llama.cpp would otherwise pick a default
+            bos = tokenizer.bos_token_id
+            special.add_special_token["bos"] = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
         special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/pad ids, add-bos flag, chat template
         for tensor_name, data, raw in _tensors(model, kind):
             writer.add_tensor(tensor_name, data, raw_dtype=raw)
@@ -161,31 +208,34 @@ def write_gguf(model: torch.nn.Module, tokenizer, path: Path, kind: str = "q8_0"
         writer.close()
         os.replace(partial, path)
     except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
+        try:
+            writer.close()
+        finally:
+            partial.unlink(missing_ok=True)
         raise
     return path
 
 
 @contextmanager
-def _tensor_name_map_built_once() -> Iterator[None]:
-    """transformers' GGUF loader asks gguf for the same (architecture, layers) name map once per module, 397 times
-    for SmolLM2: 6 of a load's 17 s here. The map is a pure function of its arguments, so it is cached for one load."""
-    original = gguf.get_tensor_name_map
-    gguf.get_tensor_name_map = lru_cache(maxsize=None)(original)
+def _loader_work_done_once() -> Iterator[None]:
+    """transformers' GGUF loader parses the whole file twice per model (config, then weights: ~4 s each here, most
+    of it the 49k tokens and merges) and asks gguf for the same (architecture, layers) name map once per module (397
+    times for SmolLM2: ~6 s). Both are pure functions of their arguments, so for one load each is done once."""
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = lru_cache(maxsize=2)(reader), lru_cache(maxsize=None)(name_map)
     try:
         yield
     finally:
-        gguf.get_tensor_name_map = original
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
 def load_gguf(path: Path, tokenizer: bool = True) -> tuple[PreTrainedModel, object]:
     """(model, tokenizer or None) read back by transformers' own GGUF loader, the model dequantized to fp32."""
     from transformers import AutoTokenizer
     path = Path(path)
-    with _tensor_name_map_built_once():
+    with _loader_work_done_once():
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name) if tokenizer else None
+        return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name) if tokenizer else None
 
 
 @dataclass
@@ -212,12 +262,15 @@ def compare(reference: Scores, exported: Scores, kind: str) -> dict:
     where the merged model's two best tokens were nearly tied, so the largest lead (in logits) the merged model had
     at a flipped position is kept too, with the share of positions that were at least that close."""
     mine, theirs = reference.positions(), exported.positions()
+    if len(mine) != len(theirs):
+        raise ValueError(f"scored {len(mine)} and {len(theirs)} positions: the two models were not scored on one set")
     flips = [lead for (a, lead), (b, _) in zip(mine, theirs) if a != b]
     agreement = 1 - len(flips) / len(mine)
     gap = exported.perplexity / reference.perplexity - 1
     widest = max(flips, default=0.0)
     bound = BOUNDS[kind]
     return {"agreement": agreement, "positions": len(mine), "flips": len(flips), "widest_flipped_lead": widest,
+            "only_near_ties": widest < NEAR_TIE, "median_lead": float(np.median([lead for _, lead in mine])),
             "near_ties": sum(lead <= widest for _, lead in mine) / len(mine) if flips else 0.0,
             "perplexity": exported.perplexity, "perplexity_gap": gap,
             "within_bounds": agreement >= bound["agreement"] and abs(gap) <= bound["perplexity"]}
@@ -259,9 +312,9 @@ def modelfile(gguf_name: str, tokenizer) -> str:
     """An Ollama Modelfile for a GGUF file beside it: the turn format from the model's own chat template as Ollama's
     Go template, its default system prompt, greedy decoding like the lab's answers, and the end-of-turn stop."""
     prefix, middle, end, system = chat_turns(tokenizer)
-    # Plain {{ }} actions: a trimming {{- would eat the newline that ends each turn.
-    template = (f"{{{{ if .System }}}}{prefix}system{middle}{{{{ .System }}}}{end}{{{{ end }}}}"
-                f"{{{{ range .Messages }}}}{prefix}{{{{ .Role }}}}{middle}{{{{ .Content }}}}{end}{{{{ end }}}}"
+    # Messages only: Ollama puts the SYSTEM prompt into .Messages itself (and into .System too, so printing both would
+    # send it twice). Plain {{ }} actions: a trimming {{- would eat the newline that ends each turn.
+    template = (f"{{{{ range .Messages }}}}{prefix}{{{{ .Role }}}}{middle}{{{{ .Content }}}}{end}{{{{ end }}}}"
                 f"{prefix}assistant{middle}")
     stops = dict.fromkeys([tokenizer.eos_token, end.strip()])  # ordered, no repeats
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
@@ -273,7 +326,13 @@ def modelfile(gguf_name: str, tokenizer) -> str:
 
 
 def file_name(record: dict, kind: str) -> str:
-    return f"{record['run_id']}-seed{record['seed']}-{kind}.gguf"
+    return f"{adapter_name(record)}-{kind}.gguf"
+
+
+def export_folder(lab, record: dict) -> Path:
+    """Where a run's GGUF files and Modelfile go: export/<run>-seed<seed>/ beside its results file (on Colab, on
+    Drive with the results: a new runtime finds them)."""
+    return lab.result_path(record["run_id"], record["seed"]).parent / "export" / adapter_name(record)
 
 
 def greedy(lab, model: torch.nn.Module, prompts: int | None = None) -> list[str]:
@@ -288,16 +347,19 @@ def export_run(lab, record: dict, folder: Path, kinds: tuple[str, ...] = ("f16",
     """Export one run's merged model as GGUF files of each kind into `folder`, with a Modelfile for the last kind,
     read each back with transformers' GGUF loader and compare it with the merged model on the whole held-out set
     (next token and perplexity) and on the lab's greedy prompts. Returns what the model card and the record keep."""
+    kinds = check_kinds(kinds)
+    check_config(load_config(record["model"]["preset"]))
     merged = merged_model(lab, record)
     check_exportable(merged)
     reference = scores(lab, merged)
     answers = greedy(lab, merged, prompts)
     found: dict = {"merged_perplexity": reference.perplexity, "answers": {"merged": answers},
-                   "eval_tokens": sum(s.tokens for s in reference.per_example)}
+                   "eval_tokens": sum(s.tokens for s in reference.per_example),
+                   "parameters": sum(p.numel() for p in merged.parameters())}
     for kind in kinds:
         path = write_gguf(merged, lab.tokenizer, Path(folder) / file_name(record, kind), kind,
                           preset=record["model"]["preset"], name=f"{record['run_id']} (seed {record['seed']})")
-        back, _ = load_gguf(path, tokenizer=False)
+        back = load_gguf(path, tokenizer=False)[0].to(next(merged.parameters()).device)  # same device, same arithmetic
         theirs = greedy(lab, back, prompts)
         found[kind] = {"file": path.name, "bytes": path.stat().st_size, **compare(reference, scores(lab, back), kind),
                        "greedy_same": sum(a == b for a, b in zip(answers, theirs)), "prompts": len(answers)}
@@ -319,19 +381,23 @@ def keep_in_record(lab, record: dict, found: dict, folder: Path) -> None:
 
 
 def size_note(found: dict) -> str:
-    """One line per exported file: size, perplexity against the merged model's, agreement, greedy answers."""
+    """One line per exported file: size and bits per parameter, perplexity against the merged model's, agreement
+    with the widest flipped lead, greedy answers, and the verdicts."""
     lines = [f"merged model: held-out perplexity {found['merged_perplexity']:.4f} over {found['eval_tokens']:,} "
-             "target tokens"]
+             f"target tokens; {format_count(found['parameters'])} parameters"]
     for kind in KINDS:
         if kind not in found:
             continue
         f, bound = found[kind], BOUNDS[kind]
         flips = ("none differ" if not f["flips"] else
-                 f"{f['flips']:,} of {f['positions']:,} differ, each where the merged model's top two tokens were "
-                 f"within {f['widest_flipped_lead']:.2f} logits: {100 * f['near_ties']:.1f}% of positions are that close")
-        lines.append(f"{f['file']}: {f['bytes'] / 2**20:,.1f} MiB, perplexity {f['perplexity']:.4f} "
-                     f"({100 * f['perplexity_gap']:+.3f}%), next token as the merged model's at "
-                     f"{100 * f['agreement']:.2f}% of positions ({flips}); greedy answers identical "
+                 f"{f['flips']:,} of {f['positions']:,} differ; at the widest the merged model led by "
+                 f"{f['widest_flipped_lead']:.2f} logits, {'a near tie' if f['only_near_ties'] else 'NOT a near tie'}"
+                 f" (< {NEAR_TIE}; {100 * f['near_ties']:.1f}% of positions are that close, the median lead is "
+                 f"{f['median_lead']:.2f})")
+        bits = 8 * f["bytes"] / found["parameters"]
+        lines.append(f"{f['file']}: {format_bytes(f['bytes'])} ({bits:.1f} bits per parameter), perplexity "
+                     f"{f['perplexity']:.4f} ({100 * f['perplexity_gap']:+.3f}%), next token as the merged model's at "
+                     f"{100 * f['agreement']:.2f}% of positions ({flips}); fp32 greedy answers identical "
                      f"{f['greedy_same']}/{f['prompts']}. Bounds >= {100 * bound['agreement']:g}% and "
                      f"{100 * bound['perplexity']:g}%: {'met' if f['within_bounds'] else 'NOT met'}")
     return "\n".join(lines)

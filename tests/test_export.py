@@ -92,6 +92,7 @@ def test_modelfile_holds_the_models_own_turns(exported):
     assert ollama == lab.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
                                                         add_generation_prompt=True)
     assert f'SYSTEM """{system}"""' in text and "{{ range .Messages }}" in text
+    assert ".System" not in text  # Ollama puts SYSTEM into .Messages itself: printing .System too would send it twice
 
 
 def test_a_template_that_is_not_per_turn_is_refused(real_tokenizer):
@@ -136,3 +137,197 @@ def test_q_and_k_rows_are_in_llama_cpp_order():
     assert not np.array_equal(stored_q, q) and not np.array_equal(stored_k, k)
     assert np.array_equal(undo.process(stored_q, "blk.0.attn_q.weight").weights, q)
     assert np.array_equal(undo.process(stored_k, "blk.0.attn_k.weight").weights, k)
+
+
+# A byte-fallback BPE tokenizer ("llama" in GGUF: TinyLlama, Llama 2), built offline as a stand-in for TinyLlama's:
+# the lab's other tests only see SmolLM2's byte-level one ("gpt2"), and the Hub is out of reach.
+TINYLLAMA_CHAT_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+    "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+BYTE_FALLBACK_TEXTS = ["Hello world", "The model reads the weights today.", "naïve café 数据 🙂", "  two leading spaces",
+                       "tabs\tand\nnewlines\n", "Every student counts many tokens again and again?", "x", "",
+                       "GGUF files, with care: 42 + 58 = 100", "Ünïcödé ✓ — dash", "<s>inside</s> text",
+                       "shika mingroi shexa uionth ionee mikaubra", "routenee quth oulbraro ulng tenuors kaa oeionth"]
+
+
+def _training_text() -> list[str]:
+    """Sentences and pseudo-words from syllables: enough merges (about 2,000) that a wrong merge order shows."""
+    import itertools
+    import random
+
+    parts = (["the model", "a small tokenizer", "my cat", "the teacher", "our team", "every student", "this file"],
+             ["reads", "writes", "learns", "exports", "tests", "loads", "counts"],
+             ["the weights", "a new sentence", "many tokens", "the chat template", "some numbers like 42", "GGUF files"],
+             ["today.", "on the CPU.", "before lunch!", "again and again?", "with care."])
+    text = [" ".join(words).capitalize() for words in itertools.product(*parts)]
+    rng = random.Random(0)
+    syllables = "ka ro mi ten sh ul bra ex qu ion ng th ee pl ors a e i o u".split()
+    return text + [" ".join("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4)))
+                            for _ in range(rng.randint(3, 9))) for _ in range(3000)]
+
+
+def llama2_style_tokenizer(folder):
+    """What TinyLlama's Hub folder holds, in miniature: tokenizer.json as transformers' LlamaConverter writes it from a
+    SentencePiece BPE model (<unk> <s> </s>, the 256 <0xXX> byte tokens at ids 3..258, pieces in score order with
+    single characters last, merges from transformers' generate_merges, byte fallback, normalizer Prepend("▁") +
+    Replace(" ", "▁"), no pre-tokenizer, the Replace/ByteFallback/Fuse/Strip decoder, a post-processor adding <s>) and a
+    tokenizer_config.json with TinyLlama-Chat's settings and chat template; read with AutoTokenizer as the lab reads
+    a Hub preset."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers.tokenization_utils_base import generate_merges
+
+    specials = ["<unk>", "<s>", "</s>"]
+    trainer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    trainer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trainer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    trainer.train_from_iterator(_training_text(), trainers.BpeTrainer(vocab_size=2000, special_tokens=specials,
+                                                                      show_progress=False))
+    learned = [t for t, _ in sorted(trainer.get_vocab().items(), key=lambda item: item[1]) if t not in specials]
+    pieces = (specials + [f"<0x{b:02X}>" for b in range(256)] + [t for t in learned if len(t) > 1]
+              + [t for t in learned if len(t) == 1])
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    tokenizer = Tokenizer(models.BPE(vocab, generate_merges(vocab), byte_fallback=True, unk_token="<unk>",
+                                     fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1",
+                                                              special_tokens=[("<s>", 1)])
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
+        "clean_up_tokenization_spaces": False, "chat_template": TINYLLAMA_CHAT_TEMPLATE}))
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def llama_cpp_spm(text: str, tokens: list[str], scores: list[float]) -> list[int]:
+    """llama.cpp's tokenizer for a "llama" GGUF vocabulary (llm_tokenizer_spm_session::tokenize, with the space prefix
+    and whitespace escaping it applies to plain text first), in Python: start from the UTF-8 characters, merge the
+    adjacent pair whose joined text is the token of highest score (the leftmost on a tie) until none is a token, and
+    spell a leftover piece in byte tokens. It never reads merges: the scores are its merge order."""
+    import heapq
+
+    if not text:
+        return []
+    ids = {token: i for i, token in enumerate(tokens)}
+    symbols = list(("▁" + text).replace(" ", "▁"))
+    following = [*range(1, len(symbols)), -1]
+    preceding = list(range(-1, len(symbols) - 1))
+    alive, queue = [True] * len(symbols), []
+
+    def bigram(left, right):
+        joined = symbols[left] + symbols[right] if left != -1 and right != -1 else None
+        if joined in ids:
+            heapq.heappush(queue, (-scores[ids[joined]], left, right, len(joined)))
+    for i in range(1, len(symbols)):
+        bigram(i - 1, i)
+    while queue:
+        _, left, right, size = heapq.heappop(queue)
+        if not (alive[left] and alive[right]) or len(symbols[left]) + len(symbols[right]) != size:
+            continue  # one side was merged since
+        symbols[left] += symbols[right]
+        alive[right], following[left] = False, following[right]
+        if following[right] != -1:
+            preceding[following[right]] = left
+        bigram(preceding[left], left)
+        bigram(left, following[left])
+    out, i = [], 0
+    while i != -1:
+        piece = symbols[i]
+        out += [ids[piece]] if piece in ids else [ids[f"<0x{b:02X}>"] for b in piece.encode()]
+        i = following[i]
+    return out
+
+
+@pytest.fixture(scope="module")
+def byte_fallback_export(tmp_path_factory):
+    """A tiny random Llama with an untied head and the stand-in tokenizer, written as F16 and read back."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from conftest import tiny_llama_config
+
+    folder = tmp_path_factory.mktemp("byte-fallback")
+    tokenizer = llama2_style_tokenizer(folder / "tokenizer")
+    config = tiny_llama_config()
+    config.vocab_size, config.tie_word_embeddings = len(tokenizer), False
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 2
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    path = export.write_gguf(model, tokenizer, folder / "tiny-llama.gguf", "f16")
+    back, theirs = export.load_gguf(path)
+    return tokenizer, model, path, back, theirs
+
+
+def test_a_byte_fallback_tokenizer_travels_inside_the_file(byte_fallback_export):
+    """TinyLlama's path (gguf's LlamaHfVocab, tokenizer model "llama"), end to end: the file's vocabulary is typed and
+    scored as llama.cpp expects, and transformers' GGUF reader rebuilds a tokenizer that encodes and decodes as the
+    original does, ASCII or through byte fallback, with the same special ids and chat template."""
+    mine, _, path, _, theirs = byte_fallback_export
+    assert len(mine) > 2000 and mine.convert_ids_to_tokens([0, 1, 2, 3, 258]) == [
+        "<unk>", "<s>", "</s>", "<0x00>", "<0xFF>"]
+    reader = gguf.GGUFReader(path)
+    field = reader.fields
+    assert field["tokenizer.ggml.model"].contents() == "llama"
+    tokens = field["tokenizer.ggml.tokens"].contents()
+    types, scores = field["tokenizer.ggml.token_type"].contents(), field["tokenizer.ggml.scores"].contents()
+    assert tokens == mine.convert_ids_to_tokens(list(range(len(mine)))) and len(scores) == len(types) == len(mine)
+    assert set(types[3:259]) == {gguf.TokenType.BYTE} and gguf.TokenType.BYTE == 6
+    assert types[1] == types[2] == gguf.TokenType.CONTROL and set(types[259:]) == {gguf.TokenType.NORMAL}
+    assert len(set(scores)) > 1000  # one per merge rank, not one placeholder for every token
+    assert [field[f"tokenizer.ggml.{k}_token_id"].contents() for k in ("bos", "eos", "unknown", "padding")] == [
+        1, 2, 0, 2]
+    assert field["tokenizer.chat_template"].contents() == mine.chat_template
+    assert field["tokenizer.ggml.add_bos_token"].contents() is True
+    for text in BYTE_FALLBACK_TEXTS:
+        ids = mine(text)["input_ids"]
+        assert theirs(text)["input_ids"] == ids, text  # with <s> first, as both add it
+        assert theirs(text, add_special_tokens=False)["input_ids"] == mine(text, add_special_tokens=False)["input_ids"]
+        assert theirs.decode(ids, skip_special_tokens=True) == mine.decode(ids, skip_special_tokens=True)
+        # SentencePiece's decoder strips the one space it prepended: a text starting with spaces loses one
+        expected = text[1:] if text.startswith(" ") else text.replace("<s>", "").replace("</s>", "")
+        assert theirs.decode(ids, skip_special_tokens=True) == expected
+    # what the vocabulary lacks is spelled in byte tokens (ids 3 + byte), never <unk>
+    spelled = mine.convert_ids_to_tokens(mine(BYTE_FALLBACK_TEXTS[2])["input_ids"])
+    assert "<unk>" not in spelled and "".join(spelled).count("<0xF0><0x9F><0x99><0x82>") == 1  # 🙂
+    assert (theirs.bos_token_id, theirs.eos_token_id, theirs.unk_token_id, theirs.pad_token_id) == (1, 2, 0, 2)
+    assert theirs.chat_template == mine.chat_template
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Wie geht's? 数据"}]
+    assert theirs.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == \
+        mine.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert theirs.apply_chat_template(chat, add_generation_prompt=True)["input_ids"] == \
+        mine.apply_chat_template(chat, add_generation_prompt=True)["input_ids"]
+
+
+def test_llama_cpp_tokenizes_the_file_as_the_original_does(byte_fallback_export):
+    """llama.cpp's "llama" tokenizer takes its merge order from the scores alone; with gguf's placeholder score
+    (-1000 for every token) it merged left to right instead: 142 of these 458 texts came out otherwise, "tabs\tand"
+    among them (and "▁student" as "▁stu de n t" in a smaller vocabulary)."""
+    mine, _, path, _, _ = byte_fallback_export
+    field = gguf.GGUFReader(path).fields
+    tokens, scores = field["tokenizer.ggml.tokens"].contents(), field["tokenizer.ggml.scores"].contents()
+    # Plain text only: the port leaves out llama.cpp's special-token split, and llama.cpp prefixes "▁" to a text that
+    # starts with a space where transformers 5's Metaspace does not (a difference of the two readers, not the file).
+    texts = [t for t in BYTE_FALLBACK_TEXTS if "<" not in t and not t.startswith(" ")] + _training_text()[::10]
+    for text in texts:
+        assert llama_cpp_spm(text, tokens, scores) == mine(text, add_special_tokens=False)["input_ids"], text
+
+
+def test_the_byte_fallback_files_model_is_the_model(byte_fallback_export):
+    """An untied head travels as output.weight; the logits agree within F16 rounding."""
+    import torch
+
+    mine, model, path, back, _ = byte_fallback_export
+    names = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert names["output.weight"] == names["token_embd.weight"] == "F16"
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    ids = torch.tensor([mine("The teacher exports naïve 数据 🙂 GGUF files.")["input_ids"]])
+    with torch.no_grad():
+        assert (back(ids).logits - model(ids).logits).abs().max() < 1e-2

@@ -166,9 +166,9 @@ def test_unknown_run_is_named(records):
 
 EXPORTS = {
     "f16": {"file": "lora-r16-seed42-f16.gguf", "bytes": 270_898_464, "perplexity": 13.8161, "agreement": 0.99951,
-            "perplexity_gap": 0.00004, "within_bounds": True, "greedy_same": 3, "prompts": 3},
+            "perplexity_gap": 13.8161 / 13.8156 - 1, "within_bounds": True, "greedy_same": 3, "prompts": 3},
     "q8_0": {"file": "lora-r16-seed42-q8_0.gguf", "bytes": 144_813_088, "perplexity": 13.8402, "agreement": 0.9931,
-             "perplexity_gap": 0.0018, "within_bounds": True, "greedy_same": 2, "prompts": 3},
+             "perplexity_gap": 13.8402 / 13.8156 - 1, "within_bounds": False, "greedy_same": 2, "prompts": 3},
     "merged_perplexity": 13.8156, "eval_tokens": 10145, "answers": {"merged": ["a", "b", "c"]},
     "modelfile": "Modelfile",
 }
@@ -177,12 +177,15 @@ EXPORTS = {
 def test_exports_table_and_commands(records):
     text = modelcard.card(records, "lora-r16", EXPORTS)
     # 144,813,088 B = 138.1 MiB; 13.8402 / 13.8156 - 1 = +0.178%
-    assert row(text, "`lora-r16-seed42-q8_0.gguf`") == ["q8_0", "138.1 MiB", "13.8402", "+0.178%", "99.31%", "2 of 3"]
+    assert row(text, "`lora-r16-seed42-q8_0.gguf`") == ["q8_0", "138.1 MiB", "13.8402", "+0.178%", "99.31%", "2 of 3",
+                                                         "not met"]
     assert row(text, "`lora-r16-seed42-f16.gguf`")[1:5] == ["258.3 MiB", "13.8161", "+0.004%", "99.95%"]
     assert row(text, "merged model (PyTorch)")[2] == "13.8156"
     commands = code_blocks(text, "bash")[0].splitlines()
-    assert commands == ["llama-cli -m lora-r16-seed42-f16.gguf -cnv", "llama-cli -m lora-r16-seed42-q8_0.gguf -cnv",
-                        "ollama create finetune-lab-lora-r16 -f Modelfile", "ollama run finetune-lab-lora-r16"]
+    assert commands == modelcard.run_commands(EXPORTS, "lora-r16") == [
+        "llama-cli -m lora-r16-seed42-f16.gguf --temp 0", "llama-cli -m lora-r16-seed42-q8_0.gguf --temp 0",
+        "ollama create finetune-lab-lora-r16 -f Modelfile",
+        'ollama run finetune-lab-lora-r16 "What does the Python module heapq do?"']
     assert "GGUF" not in modelcard.card(records, "lora-r16").split("## Seeds")[1]  # no exports: no section
 
 
@@ -217,7 +220,8 @@ def test_write_folder_holds_the_artifact_the_extras_and_the_card(records, artifa
     assert folder == tmp_path / "hub"
     assert sorted(snapshot(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
                                         gguf.name]
-    assert (folder / "README.md").read_text() == modelcard.card(records, "lora-r16", EXPORTS)
+    assert (folder / "README.md").read_text() == modelcard.card(records, "lora-r16", EXPORTS, seed=42)
+    assert "The uploaded weights are seed 42's." in (folder / "README.md").read_text()  # the artifact's own seed
     assert (folder / "adapter_model.safetensors").read_bytes() == before["adapter_model.safetensors"]
     assert (folder / gguf.name).samefile(gguf)  # the large file is linked, not copied again
     assert snapshot(artifact) == before  # PEFT's README in the artifact is left alone
