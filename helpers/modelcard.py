@@ -26,7 +26,9 @@ from .tables import summary_frame
 # The README that write_folder writes starts its body with this line: a folder holding it was made here, so
 # write_folder may replace it; any other non-empty folder is refused rather than deleted.
 MARKER = "<!-- model card written by helpers.modelcard from the lab's results records -->"
-LICENSE = "apache-2.0"  # SmolLM2's license; the lab's adapters and fine-tunes inherit it
+# A fine-tune or adapter inherits its base model's license (each model's own Hub card); "other" for a base not listed.
+LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0", "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "apache-2.0",
+            "openai-community/gpt2": "mit", "EleutherAI/gpt-neo-1.3B": "mit"}
 DEFAULT_REPOSITORY = "https://github.com/finetune-lab/finetune-lab"
 # The lab's packages, in the order the README's reference line names them.
 PACKAGES = ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
@@ -106,7 +108,7 @@ def _front_matter(first: Mapping) -> str:
         lines.append(f"base_model_relation: {_yaml('adapter' if lora else 'finetune')}")
     lines.append(f"library_name: {_yaml('peft' if lora else 'transformers')}")
     lines.append("pipeline_tag: text-generation")
-    lines.append(f"license: {LICENSE}")
+    lines.append(f"license: {LICENSES.get(base, 'other')}")
     dataset = _manifest_hub_id(first["data"]["manifest"])
     if dataset:
         lines.append(f"datasets: {_yaml([dataset])}")

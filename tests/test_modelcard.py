@@ -145,6 +145,7 @@ def test_hub_model_names_its_own_id_and_needs_the_hub():
         r["model"] = {**r["model"], "preset": "gpt2", "source": "hub"}
     text = modelcard.card(recs, "lora-r16")
     assert ModelCard(text).data.base_model == "openai-community/gpt2"
+    assert ModelCard(text).data.license == "mit"  # GPT-2's own, inherited; SmolLM2's is apache-2.0
     assert "Q4_1" not in text
     assert code_blocks(text, "bash")[-1].endswith("HF_HUB_OFFLINE=0 LAB_PROFILE=cpu LAB_SEEDS=3 make lab")
 
