@@ -428,15 +428,17 @@ _COEFFICIENTS = {
     # autocast LoRA: each adapted projection casts its own input for lora_A (+ dropout mask)
     (True, "lora", False): lambda m: (20 + 6 * m, 8 + m),
     (True, "lora", True): lambda m: (20 + 6 * m, 8 + m),
-    # autocast QLoRA with an fp32 compute dtype: the 4-bit base ignores autocast, its MLP outputs stay fp32
-    (True, "qlora-fp32", False): lambda m: (20 + 6 * m, 14 + m),
-    (True, "qlora-fp32", True): lambda m: (20 + 6 * m, 14 + m),
+    # autocast QLoRA, whatever the compute dtype: bitsandbytes' Linear4bit returns its input's dtype
+    # (Linear4bit.forward: matmul_4bit(...).to(inp_dtype)), and gate/up read the RMSNorm's fp32 output, so their
+    # outputs, SiLU's and the product stay fp32 (measured: 6 bytes per intermediate value more than LoRA's, to the byte)
+    (True, "qlora", False): lambda m: (20 + 6 * m, 14 + m),
+    (True, "qlora", True): lambda m: (20 + 6 * m, 14 + m),
 }
 
 
 def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_step: int, processes: int = 1,
             sharded: bool = False, targets: Sequence[str] | None = None, row_tokens: int | None = None,
-            qlora_compute: str | None = None, loss_head: str | None = None) -> dict[str, int]:
+            loss_head: str | None = None) -> dict[str, int]:
     """Bytes one device needs for one training step of `spec`, before any weight is loaded.
 
     tokens_per_step: tokens one device processes in one micro-batch (the lab passes its largest batch's,
@@ -444,11 +446,10 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
     attention mask), by default all of them (the lab packs a micro-batch's examples into one row). processes K with
     sharded=True (FSDP full shard): parameters, gradients and optimizer state divided by K, but not buffers nor
     QLoRA's uint8 4-bit weights (accelerate leaves those out of FSDP: whole on every GPU). targets: the LoRA layer
-    names when spec.lora.target_modules is None (the preset's lora_targets). qlora_compute: the 4-bit compute dtype,
-    by default the precision (helpers.models.bnb_config). loss_head: "full logits" or "fused" (TRL's chunked LM head),
-    by default the one the lab's trainer uses on `device` (helpers.training.loss_head_for). The attention is the one
-    transformers picks for the config (SDPA, or eager where the architecture has nothing else). Trainable weights are
-    fp32, the optimizer AdamW.
+    names when spec.lora.target_modules is None (the preset's lora_targets). loss_head: "full logits" or "fused" (TRL's
+    chunked LM head), by default the one the lab's trainer uses on `device` (helpers.training.loss_head_for). The
+    attention is the one transformers picks for the config (SDPA, or eager where the architecture has nothing else).
+    Trainable weights are fp32, the optimizer AdamW.
     Returns the five categories, "total" (their sum), "peak" (weights + optimizer + max(activations, gradients) +
     other: activations are freed while gradients are created) and "trainable_params".
     """
@@ -490,12 +491,9 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
     heads = config.num_attention_heads
     q = heads * (getattr(config, "head_dim", None) or h // heads)
     autocast = precision in ("bf16", "fp16")  # fp16 autocast (T4) keeps the same byte counts as bf16
-    compute = qlora_compute or precision
     dropout = bool(spec.lora and spec.lora.lora_dropout > 0)  # full fine-tuning has no adapter dropout
     m = (4 if device == "cpu" else 1) if dropout else 0  # CPU dropout keeps an fp32 mask, CUDA's fused one a bool
-    kind = "lora" if method != "full" else "full"
-    if method == "qlora" and autocast and compute == "fp32":
-        kind = "qlora-fp32"
+    kind = "qlora" if method == "qlora" and autocast else "lora" if method != "full" else "full"
     a_h, a_i = _COEFFICIENTS[(autocast, kind, dropout)](m)
     a_q, s = _ATTENTION[autocast]
     row = row_tokens or tokens_per_step

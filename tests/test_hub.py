@@ -225,7 +225,7 @@ def test_gpt_neo_eager_attention_probabilities_are_predicted():
     probabilities = 24 * 16 * 2048 * 2048 * (4 + 2)
     assert probabilities / 24 == pytest.approx(0.4e9, rel=0.01)
     assert at[2048]["activations"] > probabilities
-    assert (memory.gb(at[2048]["peak"]), memory.gb(at[1024]["peak"])) == ("17.7 GB", "7.1 GB")  # README, 9.
+    assert (memory.gb(at[2048]["peak"]), memory.gb(at[1024]["peak"])) == ("20.1 GB", "8.3 GB")  # README, 9.
     # doubling the row doubles the rest of the activations and quadruples the probabilities
     assert at[2048]["activations"] - 2 * at[1024]["activations"] == pytest.approx(probabilities / 2, rel=0.01)
     with pytest.raises(memory.MemoryFitError, match=r"does not fit either.*fewer tokens per step"):
