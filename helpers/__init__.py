@@ -18,9 +18,9 @@ warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprec
 from .specs import RunSpec, full, lora, paged, qlora  # noqa: E402
 
 # The notebook-facing modules. The command-line tools (bench, sweep, ...) are in helpers.tools.
-SUBMODULES = ("adapters", "baseline", "colab", "data", "decoding", "environment", "evaluation", "export", "formatting",
-              "manifests", "measures", "memory", "modelcard", "models", "notes", "plots", "profiles", "ratings", "results", "runs",
-              "sources", "specs", "statistics", "tables", "tracking", "training", "widgets")
+SUBMODULES = ("adapters", "baseline", "colab", "data", "decoding", "environment", "evaluation", "export",
+              "formatting", "manifests", "measures", "memory", "modelcard", "models", "notes", "plots", "profiles",
+              "ratings", "results", "runs", "sources", "specs", "statistics", "tables", "tracking", "training", "widgets")
 
 
 def __getattr__(name: str):

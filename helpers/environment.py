@@ -42,6 +42,9 @@ class Precision:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.name]
 
 
+FP32 = Precision("fp32", fp16=False, bf16=False)  # no autocast: what evaluation computes in everywhere
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: the CPU multiplies bf16 matrices in hardware (about 2-4x its fp32 rate).
 
@@ -63,7 +66,7 @@ def choose_precision(device: str, capability: tuple[int, int] | None = None, nat
     slowly or fails in the AMP grad scaler (the TinyLlama seed's trouble).
     """
     if device != "cuda":
-        return Precision("bf16", fp16=False, bf16=True) if native_bf16 else Precision("fp32", fp16=False, bf16=False)
+        return Precision("bf16", fp16=False, bf16=True) if native_bf16 else FP32
     if capability is None:
         raise ValueError("choose_precision('cuda') needs the GPU's compute capability, e.g. (7, 5) for a T4.")
     if capability >= (8, 0):

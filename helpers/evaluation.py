@@ -126,9 +126,11 @@ def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
 
 
 def _target_log_probs(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                      labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(log p(label), is-a-target, the most likely next token, its logit's lead over the second) at every position of
-    the packed row but the last, shape (length - 1,) each; 0, -1 and 0 where the next token is not a target.
+                      labels: torch.Tensor, predictions: bool = False) -> tuple[torch.Tensor, ...]:
+    """(log p(label), is-a-target) at every position of the packed row but the last, shape (length - 1,) each; the
+    log-probability is 0 where the next token is not a target. predictions=True adds (the most likely next token,
+    its logit's lead over the second), -1 and 0 where the next token is not a target: a top-2 over the vocabulary
+    that only the export's read-back check reads, so a run's own evaluations skip it.
 
     The LM head runs on the target positions only: on a CPU, scoring the prompt tokens too (as TRL's fused head
     does off CUDA) made evaluation about a third slower, for numbers nobody reads. Models whose logits are
@@ -146,6 +148,8 @@ def _target_log_probs(model: torch.nn.Module, input_ids: torch.Tensor, position_
         picked = lm.get_output_embeddings()(hidden[0, :-1][keep])
     out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     out[keep] = -F.cross_entropy(picked.float(), targets[keep], reduction="none")
+    if not predictions:
+        return out, keep
     predicted = torch.full(targets.shape, -1, dtype=torch.long, device=targets.device)
     lead = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     top = picked.float().topk(2, dim=-1)
@@ -154,11 +158,11 @@ def _target_log_probs(model: torch.nn.Module, input_ids: torch.Tensor, position_
 
 
 @torch.no_grad()
-def per_example_scores(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048,
-                       pad_id: int = 0) -> list[ExampleScore]:
-    """Every example's summed NLL and target count, and at each of its target positions the model's most likely
-    token and that token's logit lead over the runner-up (how near a tie it was); dataset order, fp32
-    (exact_computation).
+def per_example_scores(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048, pad_id: int = 0,
+                       predictions: bool = True) -> list[ExampleScore]:
+    """Every example's summed NLL and target count, and (predictions=True) at each of its target positions the
+    model's most likely token and that token's logit lead over the runner-up (how near a tie it was), else empty
+    lists; dataset order, fp32 (exact_computation).
 
     Examples are packed without padding exactly as in training (TRL's padding-free collator: position ids restart
     per example, so none attends to another, and each example's first label is masked so none is predicted from the
@@ -177,14 +181,15 @@ def per_example_scores(model: torch.nn.Module, dataset: Dataset, max_tokens: int
             for pack in token_batches([len(e["input_ids"]) for e in examples], max_tokens):
                 batch = collate([{"input_ids": examples[i]["input_ids"], "labels": examples[i]["labels"]}
                                  for i in pack])
-                log_probs, keep, predicted, lead = (t.cpu() for t in _target_log_probs(
-                    model, batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device)))
+                log_probs, keep, *guesses = (t.cpu() for t in _target_log_probs(
+                    model, batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device),
+                    predictions))
                 bounds = batch["cu_seq_lens_q"].tolist()
                 for k, i in enumerate(pack):  # position t of log_probs predicts token t + 1 of the packed row
                     lo, hi = max(0, bounds[k] - 1), bounds[k + 1] - 1
                     mine = keep[lo:hi]
-                    found[i] = ExampleScore(-float(log_probs[lo:hi].sum()), int(mine.sum()),
-                                            predicted[lo:hi][mine].tolist(), lead[lo:hi][mine].tolist())
+                    predicted, lead = (g[lo:hi][mine].tolist() for g in guesses) if guesses else ([], [])
+                    found[i] = ExampleScore(-float(log_probs[lo:hi].sum()), int(mine.sum()), predicted, lead)
     finally:
         model.train(was_training)
     return found
@@ -193,7 +198,7 @@ def per_example_scores(model: torch.nn.Module, dataset: Dataset, max_tokens: int
 def per_example_nll(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048,
                     pad_id: int = 0) -> list[tuple[float, int]]:
     """(summed NLL, predicted tokens) of every example, in dataset order: per_example_scores without the predictions."""
-    return [(s.nll, s.tokens) for s in per_example_scores(model, dataset, max_tokens, pad_id)]
+    return [(s.nll, s.tokens) for s in per_example_scores(model, dataset, max_tokens, pad_id, predictions=False)]
 
 
 def perplexity(model: torch.nn.Module, dataset: Dataset, max_tokens: int = 2048, pad_id: int = 0) -> dict:

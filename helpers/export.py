@@ -20,11 +20,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .adapters import adapter_name, has_4bit_layers, merge, merge_dequantized, reload
-from .environment import Precision
-from .evaluation import ExampleScore, generate, per_example_scores, summarize_nll
+from .environment import FP32
+from .evaluation import ExampleScore, per_example_scores, summarize_nll
 from .formatting import format_bytes, format_count
 from .models import load_config
 from .results import write_atomic
@@ -231,7 +231,6 @@ def _loader_work_done_once() -> Iterator[None]:
 
 def load_gguf(path: Path, tokenizer: bool = True) -> tuple[PreTrainedModel, object]:
     """(model, tokenizer or None) read back by transformers' own GGUF loader, the model dequantized to fp32."""
-    from transformers import AutoTokenizer
     path = Path(path)
     with _loader_work_done_once():
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -338,8 +337,7 @@ def export_folder(lab, record: dict) -> Path:
 def greedy(lab, model: torch.nn.Module, prompts: int | None = None) -> list[str]:
     """The lab's greedy answers computed in fp32, like the perplexities: in 16 bits a rounding difference far below
     the file's own would flip the greedy path, and the comparison would show the arithmetic, not the file."""
-    return generate(model, lab.tokenizer, lab.data.prompt_ids[:prompts], lab.profile.generation_tokens,
-                    Precision("fp32", fp16=False, bf16=False))
+    return lab.generate(model, prompts, precision=FP32)
 
 
 def export_run(lab, record: dict, folder: Path, kinds: tuple[str, ...] = ("f16", "q8_0"),

@@ -21,7 +21,7 @@ from .formatting import format_bytes, format_count, format_interval
 from .measures import MEASURES, by_run, change, flags, interval, usable
 from .profiles import SEED_POOL
 from .results import describe_settings, settings_of
-from .tables import summary_frame
+from .tables import markdown, summary_frame
 
 # The README that write_folder writes starts its body with this line: a folder holding it was made here, so
 # write_folder may replace it; any other non-empty folder is refused rather than deleted.
@@ -119,14 +119,6 @@ def _front_matter(first: Mapping) -> str:
 
 def _code(text: str, language: str = "") -> str:
     return f"```{language}\n{text}\n```"
-
-
-def _table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
-    """A Markdown table; columns in `right` are right-aligned (numbers), as helpers.tables.markdown_table does."""
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _base_section(first: Mapping) -> str:
@@ -231,7 +223,7 @@ def _results_section(recs: list[dict], run_id: str) -> str:
     rows.append([MEASURES["tokens/s"].title, row["tokens/s"]])
     rows.append(["trainable parameters", f"{row['trainable params']} ({row['trainable %']}%)"])
     rows.append(["saved adapter (MiB)" if first.get("lora") is not None else "saved model (MiB)", row["artifact MiB"]])
-    lines = ["## Results", "", _interval_note(recs), "", _table(["measure", "value"], rows, {1})]
+    lines = ["## Results", "", _interval_note(recs), "", markdown(["measure", "value"], rows, {1})]
     lines += ["", "Perplexity is token-weighted over the held-out answers "
               f"({first['eval']['tokens']:,} target tokens), computed in {first['eval']['precision']}. Peak memory is "
               "that of one measured optimizer step on the same batch for every method and seed; speed is each "
@@ -255,7 +247,7 @@ def _seeds_section(uploaded: int | None, recs: list[dict]) -> str:
     return "\n".join(["## Seeds", "", f"{len(recs)} training seed{'s' if len(recs) != 1 else ''} (adapter "
                       "initialisation, data order, dropout); the data and held-out set are the same for each."
                       + (f" The uploaded weights are seed {uploaded}'s." if uploaded is not None else ""), "",
-                      _table(header, rows, set(range(1, len(keys) + 1)))])
+                      markdown(header, rows, set(range(1, len(keys) + 1)))])
 
 
 def _exports_section(exports: Mapping | None, run_id: str) -> str:
@@ -280,7 +272,7 @@ def _exports_section(exports: Mapping | None, run_id: str) -> str:
              f"The merged model exported to GGUF and read back, each file compared with the merged model on the whole "
              f"held-out set{over}: perplexity, the share of positions where both predict the same next token, and how "
              "many of the lab's greedy answers are identical.", "",
-             _table(["file", "type", "size", "held-out perplexity", "vs merged model", "next-token agreement",
+             markdown(["file", "type", "size", "held-out perplexity", "vs merged model", "next-token agreement",
                      "greedy answers identical", "bounds"], rows, {2, 3, 4, 5, 6})]
     commands = run_commands(exports, run_id)
     lines += ["", "Run it locally (llama.cpp, or Ollama with the Modelfile beside the GGUF file):", "",
@@ -337,7 +329,7 @@ def _environment_section(recs: list[dict]) -> str:
             rows.append([name, ", ".join(versions)])
     devices = ", ".join(dict.fromkeys(f"{e['device']}, {e['dtype']}" for e in envs))
     return "\n".join(["## Environment", "", f"Trained on {devices}; lab code version `{recs[0]['code_version']}`.", "",
-                      _table(["package", "version"], rows)])
+                      markdown(["package", "version"], rows)])
 
 
 def repository_url() -> str:

@@ -150,11 +150,12 @@ class Lab:
             return None
         return perplexity(model, self.forgetting_set, self.profile.eval_batch_tokens, self.tokenizer.pad_token_id)
 
-    def generate(self, model: torch.nn.Module, prompts: int | None = None, tokens: int | None = None) -> list[str]:
+    def generate(self, model: torch.nn.Module, prompts: int | None = None, tokens: int | None = None,
+                 precision: Precision | None = None) -> list[str]:
         """Greedy answers to the profile's fixed prompts (prompts=N: the first N only; tokens=N: at most N new tokens
-        instead of the profile's generation_tokens)."""
+        instead of the profile's generation_tokens), in the training precision unless another is given."""
         return generate(model, self.tokenizer, self.data.prompt_ids[:prompts], tokens or self.profile.generation_tokens,
-                        self.env.precision)
+                        precision or self.env.precision)
 
     def largest_batch(self, processes: int | None = None) -> list[int]:
         """The training examples of the largest micro-batch the data can form: one device's share of a step

@@ -221,22 +221,6 @@ def qlora(r: int = 16) -> RunSpec:
     return replace(lora(r), run_id="qlora" if r == 16 else f"qlora-r{r}", quantization=nf4_config())
 
 
-CORE_RUNS = ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")
-
-
-def named(run_id: object) -> RunSpec:
-    """The spec of one of the comparison's runs by its results name (a notebook's RUN parameter): "full", "qlora",
-    "qlora-r<N>" or "lora-r<N>"."""
-    text = str(run_id)
-    for prefix, make in (("lora-r", lora), ("qlora-r", qlora)):
-        if text.startswith(prefix) and text[len(prefix):].isdigit():
-            return make(int(text[len(prefix):]))
-    if text in ("full", "qlora"):
-        return full() if text == "full" else qlora()
-    raise SpecError(f"RUN = {run_id!r}: not a run this lab trains.{did_you_mean(text, CORE_RUNS)} Fix: one of "
-                    f"{', '.join(repr(r) for r in CORE_RUNS)} (or 'lora-r<rank>')")
-
-
 def paged(spec: RunSpec) -> RunSpec:
     """The same run with paged 8-bit AdamW (CUDA only): a run of its own, so the optimizer is never a hidden difference."""
     if not isinstance(spec, RunSpec):
@@ -398,12 +382,14 @@ def __getattr__(name: str):
 
 
 def from_run_id(run_id: str) -> RunSpec:
-    """The standard spec a run id names: full, lora-r<r>, qlora or qlora-r<r> (for command lines)."""
-    for spec in standard_runs():
-        if spec.run_id == run_id:
+    """The standard spec a run id names: full, lora-r<r>, qlora or qlora-r<r> (command lines, notebook 05's RUN)."""
+    text = str(run_id)
+    standard = standard_runs()
+    for spec in standard:
+        if spec.run_id == text:
             return spec
     for prefix, make in (("lora-r", lora), ("qlora-r", qlora)):
-        if run_id.startswith(prefix) and run_id[len(prefix):].isdigit():
-            return make(int(run_id[len(prefix):]))
-    raise SpecError(f"run id {run_id!r} is not one the lab knows. Fix: full, lora-r<rank> (e.g. lora-r8), qlora or "
-                    "qlora-r<rank>.")
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            return make(int(text[len(prefix):]))
+    raise SpecError(f"run id {run_id!r} is not one the lab knows.{did_you_mean(text, [s.run_id for s in standard])} "
+                    "Fix: full, lora-r<rank> (e.g. lora-r8), qlora or qlora-r<rank>.")

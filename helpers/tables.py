@@ -227,13 +227,18 @@ def markdown_table(records: list[dict], columns: list[str] | None = None) -> str
     shown = summary_frame(records).formatted().reset_index()
     if columns:
         shown = shown[["run", *columns]]
-    numeric = [c in COLUMN_FORMATS for c in shown.columns]
-    lines = ["| " + " | ".join(shown.columns) + " |",
-             "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
+    right = {i for i, c in enumerate(shown.columns) if c in COLUMN_FORMATS}
+    return markdown(list(shown.columns), [list(map(str, row)) for row in shown.itertuples(index=False)], right)
+
+
+def markdown(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    """A Markdown table of text cells; the columns numbered in `right` (numbers) are right-aligned."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 
-__all__ = ["COLUMN_FORMATS", "LabFrame", "MEMORY_CATEGORIES", "bench_frame", "generations_frame", "markdown_table",
-           "memory_frame", "prediction_frame", "summary_frame"]
+__all__ = ["COLUMN_FORMATS", "LabFrame", "MEMORY_CATEGORIES", "bench_frame", "generations_frame", "markdown",
+           "markdown_table", "memory_frame", "prediction_frame", "summary_frame"]

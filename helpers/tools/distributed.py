@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import sys
 
-from ..environment import Precision, launched_parallel
+from ..environment import FP32, launched_parallel
 from ..runs import Lab
 from ..specs import from_run_id
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--fsdp needs GPUs: PyTorch's FSDP through the Trainer does not run on CPU processes. Fix: "
                          "leave out --fsdp (DDP), or run on a machine with several GPUs.")
     if args.fp32:
-        lab.env = dataclasses.replace(lab.env, precision=Precision("fp32", fp16=False, bf16=False))
+        lab.env = dataclasses.replace(lab.env, precision=FP32)
     specs = [from_run_id(run_id) for run_id in args.runs]  # every id checked before anything trains
     if parallel.is_main:
         print(lab.describe(), flush=True)
