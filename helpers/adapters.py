@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pandas as pd
 import torch
 from peft import PeftModel
@@ -106,3 +109,57 @@ def parameter_check(records: list[dict]) -> pd.DataFrame:
                          "PEFT get_nb_trainable_parameters": r["params"]["trainable"],
                          "agree": r["params"]["expected_trainable"] == r["params"]["trainable"]})
     return pd.DataFrame(rows)
+
+
+def saved_rank(lab, record: dict) -> int:
+    """The rank of the adapter a run saved: r, or 2r for PiSSA (saved as trained minus initial, for the original base)."""
+    return json.loads((lab.artifact_path(record) / "adapter_config.json").read_text())["r"]
+
+
+def variant_checks(lab, records: list[dict], examples: int = 8) -> pd.DataFrame:
+    """Per run (its first seed): the saved adapter's rank; the loss over the first `examples` held-out examples at
+    the end of training, with that adapter reloaded onto the original base, and merged into it (merge_and_unload).
+    All three losses agree to float rounding when saving, reloading and merging work (PiSSA's through PEFT's
+    conversion, DoRA's through its magnitude-aware merge)."""
+    rows, seen = [], set()
+    for record in records:
+        if record["lora"] is None or record["quantization"] or record["run_id"] in seen:
+            continue
+        seen.add(record["run_id"])
+        model = reload(lab, record)
+        at_end, reloaded = reload_check(lab, record, model=model, examples=examples)
+        _, merged = reload_check(lab, record, model=merge(model), examples=examples)  # merged in place: one load
+        rows.append({"run": record["run_id"], "rank trained": record["lora"]["r"], "rank saved": saved_rank(lab, record),
+                     "loss at end of training": at_end, "reloaded on the original base": reloaded,
+                     "merged into it": merged, "largest difference": max(abs(reloaded - at_end), abs(merged - at_end))})
+    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def svd_init_check(model: torch.nn.Module, targets, r: int, niter: int, layer: int = 0) -> pd.DataFrame:
+    """What PiSSA's fast SVD changes, on the adapted weights of decoder layer `layer`: the share of each weight's
+    energy (squared singular values) in its top r directions found by the exact SVD (init_lora_weights="pissa")
+    and by torch.svd_lowrank with `niter` subspace iterations ("pissa_niter_<niter>", what PEFT then calls), and
+    the time each takes (CPU wall time, or on a GPU the time to queue it). The fast SVD finds slightly weaker directions,
+    so a little less of W starts in the adapter."""
+    rows = []
+    prefix = f".layers.{layer}."
+    for name, module in model.named_modules():
+        if prefix not in f".{name}." or name.split(".")[-1] not in targets or not hasattr(module, "weight"):
+            continue
+        weight = module.weight.detach().float()
+        start = time.perf_counter()
+        exact = torch.linalg.svd(weight, full_matrices=False)[1]  # what PEFT's exact "pissa" runs
+        exact_s = time.perf_counter() - start
+        start = time.perf_counter()
+        fast = torch.svd_lowrank(weight, q=r, niter=niter)[1]
+        fast_s = time.perf_counter() - start
+        energy = float((exact ** 2).sum())
+        rows.append({"weight": name.split(prefix, 1)[-1], "shape": "x".join(map(str, weight.shape)),
+                     "top-r share, exact SVD": float((exact[:r] ** 2).sum()) / energy,
+                     f"top-r share, niter={niter}": float((fast ** 2).sum()) / energy,
+                     "exact ms": 1000 * exact_s, "fast ms": 1000 * fast_s})
+    if not rows:
+        raise ValueError(f"svd_init_check: decoder layer {layer} has none of the weights {list(targets)}. Fix: "
+                         "layer=0, and targets=the LoraConfig's target_modules")
+    return pd.DataFrame(rows).set_index("weight")

@@ -155,7 +155,7 @@ def results_on_drive(use_drive: bool) -> Path:
         mount = root / "drive"
         drive.mount(str(mount))
         return mount / DRIVE_RESULTS
-    print("USE_DRIVE = False: results stay in this runtime only. Notebook 04, opened from its own badge, runs in "
+    print("USE_DRIVE = False: results stay in this runtime only. Notebook 05, opened from its own badge, runs in "
           "another runtime and will not see them (it shows the reference results instead).")
     return root / "results"
 

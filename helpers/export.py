@@ -49,7 +49,7 @@ class ExportError(ValueError):
 
 
 def check_kinds(kinds: object) -> tuple[str, ...]:
-    """KINDS from notebook 05's parameters: a non-empty list of distinct kinds this exporter writes."""
+    """KINDS from notebook 06's parameters: a non-empty list of distinct kinds this exporter writes."""
     fix = f"Fix: KINDS = {list(KINDS)} (a list; any of {', '.join(repr(k) for k in KINDS)})"
     if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
         raise ExportError(f"KINDS = {kinds!r}: must be a non-empty list of GGUF types. {fix}")

@@ -70,6 +70,14 @@ def _speed(r: dict) -> float:
     return t.get("tokens_per_second_upper_quartile", t.get("tokens_per_second_median", t["tokens_per_second"]))
 
 
+def _mean_training_loss(r: dict) -> float | None:
+    """The mean of the logged training losses: the area under the loss curve, lower when the loss falls sooner. Paired
+    across methods by seed, which fixes the batches each step trains on (PiSSA's and LoRA+'s claim is faster
+    convergence, notebook 04)."""
+    losses = [entry["loss"] for entry in r["training"].get("log") or []]
+    return sum(losses) / len(losses) if losses else None
+
+
 MEASURES: dict[str, Measure] = {
     "perplexity before": Measure("held-out perplexity before training", lambda r: r["eval"]["perplexity_before"], True,
                                  2, lambda r: r["eval"].get("per_example_before")),
@@ -85,10 +93,11 @@ MEASURES: dict[str, Measure] = {
                                         lambda r: answer_repetition(r, "after"), True, 0),
     "tokens/s": Measure("training speed (real tokens/s)", _speed, False, 0),
     "peak memory MiB": Measure("peak memory of a training step (MiB)", _step_peak_mib, True, 0),
+    "mean training loss": Measure("mean training loss over the logged steps", _mean_training_loss, True, 3),
 }
 
 
-# (x, y) of each Pareto panel of notebook 04: what a run bought (y) against what it cost (x). No composite score.
+# (x, y) of each Pareto panel of notebook 05: what a run bought (y) against what it cost (x). No composite score.
 PARETO_PAIRS = (("peak memory MiB", "perplexity after"), ("tokens/s", "perplexity after"))
 
 

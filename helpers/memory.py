@@ -469,16 +469,20 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
     adapted = [(i, o) for name, i, o, _ in arch["linears"] if name in names]
     r = spec.lora.r if spec.lora else 0
     lora_params = sum(r * (i + o) for i, o in adapted)
+    # DoRA: a trained magnitude per output of each adapted layer, and per token two more saved outputs of that width
+    # (PEFT's DoraLinearLayer multiplies the base's and the adapter's results by magnitude / norm, which keeps both
+    # for the magnitude's gradient); its weight norm is detached (the paper's section 4.3), so it keeps nothing.
+    magnitudes = sum(o for _, o in adapted) if spec.lora and spec.lora.use_dora else 0
 
     # Weights: fp32 everywhere (load_model, prepare_model_for_kbit_training) except NF4 linear layers (not the head).
     buffers = arch["buffer_bytes"]
     if spec.quantization:
         split = _weight_split(arch, spec.quantization.bnb_4bit_use_double_quant)
-        nf4, parameters = split["nf4_bytes"], split["fp32_bytes"] - buffers + 4 * lora_params
+        nf4, parameters = split["nf4_bytes"], split["fp32_bytes"] - buffers + 4 * (lora_params + magnitudes)
     else:
-        nf4, parameters = 0, 4 * (arch["params"] + lora_params)
-    trainable = arch["params"] if method == "full" else lora_params
-    trainable_tensors = arch["tensors"] if method == "full" else 2 * len(adapted)
+        nf4, parameters = 0, 4 * (arch["params"] + lora_params + magnitudes)
+    trainable = arch["params"] if method == "full" else lora_params + magnitudes
+    trainable_tensors = arch["tensors"] if method == "full" else (3 if magnitudes else 2) * len(adapted)
     gradients = 4 * trainable
     optimizer = 8 * trainable + 4 * trainable_tensors  # AdamW: exp_avg, exp_avg_sq (fp32) and an fp32 step scalar
     if sharded and processes > 1:  # FSDP shards parameters; buffers and frozen uint8 4-bit weights stay whole
@@ -504,6 +508,8 @@ def predict(config: Any, spec: RunSpec, precision: str, device: str, tokens_per_
     else:  # the fused head keeps the hidden states it scores and a few numbers per token, no logits
         head = 4 * h + 16
     activations = tokens_per_step * (n_layers * per_layer + head + 12 * h)  # + the final norm's input and output
+    # DoRA's two saved outputs, in the compute dtype (measured: 4.05 bytes per adapted output under bf16 autocast)
+    activations += tokens_per_step * (4 if autocast else 8) * magnitudes
     if autocast:  # autocast's 16-bit weight copies, saved by each matmul for its input gradient (frozen ones too);
         # a 4-bit layer ignores autocast (it dequantizes in its compute dtype), the LM head is never 4-bit, and the
         # fused head casts its weight chunk by chunk without keeping it

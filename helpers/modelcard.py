@@ -3,7 +3,7 @@ that would be uploaded (`write_folder`), and the upload itself (`push`).
 
 Every number in the card comes from the records (or from the export code's `exports` dict), shown through the lab's
 own statistics and formatting (helpers.measures, helpers.tables, helpers.formatting), so the card reads exactly like
-notebook 04 and the README's reference table.
+notebook 05 and the README's reference table.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _run_records(records: Iterable[Mapping], run_id: str) -> list[dict]:
     if not found:
         present = sorted({r["run_id"] for r in records})
         raise ValueError(f"no results record of run {run_id!r} among the {len(records)} given (runs present: "
-                         f"{', '.join(present) or 'none'}). Fix: pass the records that notebook 04 reads "
+                         f"{', '.join(present) or 'none'}). Fix: pass the records that notebook 05 reads "
                          "(helpers.results.load_or_reference) and one of those run ids.")
     sets = {settings_of(r)["id"] for r in found}
     if len(sets) > 1:
@@ -199,7 +199,7 @@ def _interval_note(recs: list[dict]) -> str:
 
 
 def _results_section(recs: list[dict], run_id: str) -> str:
-    # summary_frame formats every column as notebook 04 and the README's table do, from the same records.
+    # summary_frame formats every column as notebook 05 and the README's table do, from the same records.
     row = summary_frame(recs).formatted().loc[run_id]
     first = recs[0]
     env = first["environment"]
@@ -281,7 +281,7 @@ def _exports_section(exports: Mapping | None, run_id: str) -> str:
 
 
 def run_commands(exports: Mapping, run_id: str) -> list[str]:
-    """How to run the exported files, for the card and notebook 05: llama.cpp chats with the template stored in the
+    """How to run the exported files, for the card and notebook 06: llama.cpp chats with the template stored in the
     file; Ollama reads the Modelfile. Greedy, like the lab's answers."""
     kinds = [k for k, v in exports.items() if isinstance(v, Mapping) and "file" in v]
     commands = [f"llama-cli -m {exports[kind]['file']} --temp 0" for kind in kinds]
@@ -386,7 +386,8 @@ def card(records: list[dict], run_id: str, exports: dict | None = None, seed: in
         what = "QLoRA adapter"
     title = [f"# {run_id}: a {what} of {base_model_id(first) or first['model']['preset']}", "", MARKER, "",
              f"One run of the fine-tuning lab, which trains one model on the same data, budget, optimizer and seeds "
-             f"in five ways (full fine-tuning, LoRA r = 8, 16, 32, QLoRA) and compares what each costs and buys. "
+             f"in five ways (full fine-tuning, LoRA r = 8, 16, 32, QLoRA) and four variants of LoRA r = 16 (DoRA, "
+             f"rsLoRA, PiSSA, LoRA+), and compares what each costs and buys. "
              f"This card's numbers are read from the run's {len(recs)} results record"
              f"{'s' if len(recs) != 1 else ''}."]
     sections = [_front_matter(first), "\n".join(title), _base_section(first), _data_section(first),

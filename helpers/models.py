@@ -276,12 +276,12 @@ def model_layer_names(preset_name: str) -> set[str]:
     return linear_layer_names(meta_model(load_config(preset_name)))
 
 
-def expected_lora_parameters(model: torch.nn.Module, targets, r: int) -> int:
-    """r * (in + out) per adapted linear layer: A is r x in, B is out x r."""
+def expected_lora_parameters(model: torch.nn.Module, targets, r: int, dora: bool = False) -> int:
+    """r * (in + out) per adapted linear layer: A is r x in, B is out x r; DoRA adds a magnitude per output."""
     total = 0
     for name, module in model.named_modules():
         if name.split(".")[-1] in targets and hasattr(module, "weight") and module.weight.dim() == 2:
             in_f = getattr(module, "in_features", None) or getattr(module, "nx", None)
             out_f = getattr(module, "out_features", None) or getattr(module, "nf", None)
-            total += r * (in_f + out_f)
+            total += r * (in_f + out_f) + (out_f if dora else 0)
     return total

@@ -35,6 +35,11 @@ RUN_COLORS: dict[str, str] = {
     "lora-r16": "#4292C6",
     "lora-r32": "#08519C",
     "qlora": "#009E73",
+    # LoRA r16's variants (notebook 04): Paul Tol's muted set, apart from the blues and the green
+    "dora-r16": "#AA4499",
+    "rslora-r16": "#DDAA33",
+    "pissa-r16": "#882255",
+    "loraplus-r16": "#999933",
 }
 FALLBACK_COLOR = "#999999"
 
@@ -175,7 +180,7 @@ def metric_bars(records: list[dict], metric: str, run_ids: list[str], ax: Axes |
     ax = _new_axes(ax)
     chosen = [r for r in records if r["run_id"] in set(run_ids)]
     if not chosen:
-        return _empty(ax, "select at least one run" if records else "no results yet: run notebooks 01–03")
+        return _empty(ax, "select at least one run" if records else "no results yet: run notebooks 01–04")
     if all(METRICS[metric].value(recs) is None for recs in by_run(chosen).values()):
         return _empty(ax, f"no {metric} in these results")
     return _bars(ax, chosen, METRICS[metric])
@@ -281,7 +286,7 @@ def comparison_figure(records: list[dict], save_to: Path | None = None) -> Figur
         for ax, title in zip(axes, titles):
             _empty(ax, "no results")
             ax.set_title(title, fontsize=10)
-        fig.suptitle("No valid results yet: run notebooks 01–03, then this one again", fontsize=12)
+        fig.suptitle("No valid results yet: run notebooks 01–04, then this one again", fontsize=12)
     else:
         _bars(axes[0], records, METRICS["trainable params"])
         memory_panel(axes[1], records)
@@ -344,7 +349,7 @@ def loss_curves(records: list[dict], ax: Axes | None = None) -> Axes:
                 marker="o" if len(steps) <= 30 else None, markersize=3, linewidth=1.5)
         drawn += 1
     if not drawn:
-        return _empty(ax, "no training logs yet: run notebooks 01–03")
+        return _empty(ax, "no training logs yet: run notebooks 01–04")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (nats/token)")
@@ -373,7 +378,7 @@ def perplexity_vs_params(records: list[dict], ax: Axes | None = None) -> Axes:
     ax = _new_axes(ax)
     groups = _groups(records)
     if not groups:
-        return _empty(ax, "no results yet: run notebooks 01–03")
+        return _empty(ax, "no results yet: run notebooks 01–04")
     points = [(run, recs[0]["params"]["trainable"], interval(recs, MEASURES["perplexity after"]))
               for run, recs, _ in groups]
     _scatter_runs(ax, points, xlog=True)
@@ -439,7 +444,7 @@ def _pareto_panel(ax: Axes, records: list[dict], keys: tuple[str, str]) -> Axes:
     x_key, y_key = keys
     frontier = pareto(records, keys)
     if not frontier.intervals:
-        return _empty(ax, "no results yet: run notebooks 01–03")
+        return _empty(ax, "no results yet: run notebooks 01–04")
     points = []
     for run, (x, y) in frontier.intervals.items():
         points.append((run, x.mean, y))

@@ -41,8 +41,10 @@ class Profile:
     seeds: tuple[int, ...] = (42,)  # training seeds (adapter init, data order, dropout); $LAB_SEEDS=N takes N of SEED_POOL
     validation_examples: int = 0  # carved from the training side for the learning-rate sweep, never the held-out set
 
-    def learning_rate(self, method: str) -> float:
-        return self.learning_rates["lora" if method == "qlora" else method]
+    def learning_rate(self, key: str) -> float:
+        """The rate for a RunSpec's rate_key: "full", "lora", a LoRA variant's own where the profile has one (they
+        were swept separately), else LoRA's (QLoRA trains the same adapters)."""
+        return self.learning_rates.get(key) or self.learning_rates["full" if key == "full" else "lora"]
 
     @property
     def learning_rate_source(self) -> str:
@@ -51,25 +53,31 @@ class Profile:
 
 
 SEED_POOL = (42, 1, 2, 3, 4, 5, 6, 7, 8, 9)
-_SWEPT = "the best of `make sweep` on a validation split (notebooks/reference_results/sweep.json)"
+_SWEPT = ("the best of `make sweep` on a validation split (notebooks/reference_results/sweep.json; the LoRA variants': "
+          "sweep-variants.json)")
 LEARNING_RATE_SOURCES = {
     "smoke": "the cpu profile's, unswept at this budget (the smoke profile only tests that the code runs)",
     "cpu": _SWEPT,
     "gpu": "common starting points, not yet swept (no GPU here): `python -m helpers.tools.sweep --profile gpu` on a T4",
 }
 
+# The cpu profile's swept rates (notebooks/reference_results/): full and LoRA from sweep.json (LoRA's the same for r=8
+# and r=32), LoRA r16's variants from sweep-variants.json (each changes the step: rsLoRA scales it 4x at r=16, PiSSA's
+# adapters start large, LoRA+'s rate is A's with B at 16x).
+CPU_RATES = {"full": 2e-4, "lora": 5e-3, "dora": 5e-3, "rslora": 1e-3, "pissa": 5e-4, "loraplus": 5e-4}
+
 PROFILES: dict[str, Profile] = {
     # Tests: the real bundled model, a handful of steps, seconds per run.
     "smoke": Profile("smoke", "smollm2-135m-bundled", "python_docs", train_examples=8, eval_examples=6, max_length=128,
                      batch_size=2, max_steps=2, warmup_steps=0, eval_batch_tokens=512, generation_tokens=8,
-                     generation_prompts=1, logging_steps=1, learning_rates={"full": 2e-4, "lora": 5e-3},
+                     generation_prompts=1, logging_steps=1, learning_rates=dict(CPU_RATES),
                      forgetting="vital_articles", forgetting_tokens=200, checkpoint_steps=0, validation_examples=4),
     # The offline lab on a 2-core CPU: about a minute of training per method. Learning rates: the best of `make sweep`
-    # on the validation split (notebooks/reference_results/sweep.json): full 2e-4; LoRA 5e-3 for r=8 and r=32 alike. Evaluation packs of 512 tokens: larger
+    # on the validation split (CPU_RATES). Evaluation packs of 512 tokens: larger
     # packs spend more on attention across examples that the mask then discards.
     "cpu": Profile("cpu", "smollm2-135m-bundled", "python_docs", train_examples=120, eval_examples=172, max_length=192,
                    batch_size=4, max_steps=30, warmup_steps=3, eval_batch_tokens=512, generation_tokens=96,
-                   generation_prompts=3, logging_steps=2, learning_rates={"full": 2e-4, "lora": 5e-3},
+                   generation_prompts=3, logging_steps=2, learning_rates=dict(CPU_RATES),
                    forgetting="vital_articles", forgetting_tokens=3000, checkpoint_steps=10, validation_examples=40),
     # Colab T4: the Hub model at full precision and a Hub dataset, minutes per method. Its learning rates have not
     # been swept (no GPU here): `python -m helpers.tools.sweep --profile gpu` on a T4 chooses them the same way.
@@ -172,9 +180,13 @@ def _check_value(name: str, value: object, where: str, example: object = None) -
         if value is not None:
             _check_manifest(name, value, where)
     elif name == "learning_rates":
-        if not isinstance(value, dict) or set(value) != {"full", "lora"}:
-            raise ProfileError(f"{where}: learning_rates = {value!r} must name a rate for exactly 'full' and 'lora' "
-                               "(QLoRA uses LoRA's). Fix: learning_rates = {'full': 5e-5, 'lora': 3e-4}")
+        from .specs import VARIANTS
+
+        if (not isinstance(value, dict) or not {"full", "lora"} <= set(value)
+                or not set(value) <= {"full", "lora", *VARIANTS}):
+            raise ProfileError(f"{where}: learning_rates = {value!r} must name a rate for 'full' and 'lora' (QLoRA "
+                               f"uses LoRA's), and may name one for each LoRA variant ({', '.join(VARIANTS)}; "
+                               "without one a variant uses LoRA's). Fix: learning_rates = {'full': 5e-5, 'lora': 3e-4}")
         for method, lr in value.items():
             if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or not 0 < lr < 1:
                 raise ProfileError(f"{where}: learning_rates[{method!r}] = {lr!r} must be a number between 0 and 1 "

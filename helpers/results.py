@@ -19,9 +19,11 @@ SCHEMA_VERSION = 2
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 _VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())
 
-RUN_ORDER = ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")  # every table and plot uses this order
+CORE_RUNS = ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")  # notebooks 01-03: the README's reference set
+VARIANT_RUNS = ("dora-r16", "rslora-r16", "pissa-r16", "loraplus-r16")  # notebook 04: LoRA r16's variants
+RUN_ORDER = CORE_RUNS + VARIANT_RUNS  # every table and plot uses this order
 TIMINGS_FILE = "timings.json"  # notebook wall times (helpers.execute); the reference copy sits beside the runs
-SIDE_FILES = {"human_eval.json", "bench.json", "sweep.json", TIMINGS_FILE}  # JSON in a results folder that is not a run
+SIDE_FILES = {"human_eval.json", "bench.json", "sweep.json", "sweep-variants.json", TIMINGS_FILE}  # JSON in a results folder that is not a run
 # The source files whose code decides a run's numbers: a stored result made by other code is not reused.
 TRAINING_PATH = ("training.py", "specs.py", "evaluation.py", "models.py", "data.py", "sources.py")
 VERSION_KEYS = ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
@@ -38,8 +40,12 @@ def file_name(run_id: str, seed: int) -> str:
 
 def profile_settings(profile) -> dict:
     """A profile's settings that decide a run's numbers: all but its name and training seeds (seeds are the
-    repeats of one experiment, not another experiment)."""
-    return {k: v for k, v in asdict(profile).items() if k not in ("seeds", "name")}
+    repeats of one experiment, not another experiment), and of its learning rates full's and LoRA's: a LoRA variant's
+    own rate decides only that variant's runs (config_fingerprint), so adding or re-sweeping one leaves the settings
+    set, and every other run, as it was."""
+    settings = {k: v for k, v in asdict(profile).items() if k not in ("seeds", "name")}
+    settings["learning_rates"] = {k: v for k, v in profile.learning_rates.items() if k in ("full", "lora")}
+    return settings
 
 
 def code_version() -> str:
@@ -111,8 +117,9 @@ def config_fingerprint(spec, profile, seed: int, env, data_fingerprint: str, lay
     accumulation, sharding), package versions and the code of the training path. A stored result with another
     fingerprint is stale and is run again."""
     versions = package_versions()
+    rate = spec.learning_rate or profile.learning_rate(spec.rate_key)  # a variant's own rate is not in the settings
     return digest(spec.as_dict(), profile_settings(profile), seed, data_fingerprint, env.precision.name, env.device_name,
-                  {k: versions.get(k) for k in VERSION_KEYS}, code_version(), SCHEMA_VERSION, list(layout))
+                  {k: versions.get(k) for k in VERSION_KEYS}, code_version(), SCHEMA_VERSION, list(layout), rate)
 
 
 def problems(record: object) -> list[str]:
@@ -264,7 +271,8 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
                       "per_example_before": fb["per_example"], "per_example_after": forgetting_after["per_example"]}
     eb = before["eval"]
     return {
-        "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "method": spec.method, "seed": seed,
+        "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "method": spec.method, "variant": spec.variant,
+        "seed": seed,
         "started_at": started_at, "finished_at": finished_at, "config_fingerprint": fingerprint,
         "code_version": code_version(), "settings": settings_set(profile, data.fingerprint),
         "lora": lora, "quantization": quant,
@@ -282,7 +290,7 @@ def build_record(*, spec, profile, env, seed: int, started_at: str, finished_at:
                      "tokens_per_second": outcome.tokens_per_second,
                      "tokens_per_second_median": outcome.tokens_per_second_median,
                      "tokens_per_second_upper_quartile": outcome.tokens_per_second_upper_quartile,
-                     "step_times": outcome.step_times,
+                     "step_times": outcome.step_times, "setup_seconds": outcome.setup_seconds,
                      # trained in a fresh process of its own (Lab's run isolation), or after other work in the same one
                      "own_process": os.environ.get(ISOLATE_ENV) == "child",
                      "learning_rate": outcome.learning_rate,
@@ -370,7 +378,7 @@ def load_sets(directory: Path) -> tuple[list[SettingsSet], list[tuple[str, str]]
 
 @dataclass(frozen=True)
 class Loaded:
-    """What notebook 04 compares: one settings set, and what else the results folder holds."""
+    """What notebook 05 compares: one settings set, and what else the results folder holds."""
 
     folder: Path  # the results folder read (artifact paths in the records are relative to it)
     shown: SettingsSet | None  # the set compared (None: no valid run at all)

@@ -28,7 +28,8 @@ from .models import (expected_lora_parameters, get_preset, load_config, load_mod
                      packed_row_limit, parameter_count)
 from .profiles import Profile, get_profile
 from .specs import RunSpec, check
-from .training import LabTrainer, build_base, complete_checkpoint, make_trainer, sft_config, train
+from .training import (LabTrainer, build_base, complete_checkpoint, make_trainer, save_adapter, save_initial_adapter,
+                       sft_config, train, uses_pissa)
 
 
 def _now() -> str:
@@ -370,6 +371,9 @@ class Lab:
         with tracking.tracking_environment(self.report_to, log_dir, label):
             trainer = self.trainer(spec, seed)
             model = trainer.model
+            # PiSSA's adapter before training (recomputed identically on a resume: the SVD follows the seed)
+            initial = (save_initial_adapter(trainer, checkpoints) if uses_pissa(spec) and self.parallel.is_main
+                       else None)
             trainable, total = model.get_nb_trainable_parameters() if spec.lora else parameter_count(model)
             if resume is not None:
                 print(f"{label}: resuming from the checkpoint at step {resume.name.split('-')[-1]} ({resume})")
@@ -386,10 +390,11 @@ class Lab:
         forgetting_after = self.evaluate_forgetting(model)
         generations_after = self.generate(model)
         artifact_dir = where / "artifacts" / label
-        artifact_bytes = directory_bytes(write_directory_atomically(artifact_dir, model.save_pretrained))
+        artifact_bytes = directory_bytes(write_directory_atomically(artifact_dir, save_adapter(model, spec, initial)))
         expected = trainable
         if spec.lora:
-            expected = expected_lora_parameters(model.get_base_model(), spec.lora.target_modules, spec.lora.r)
+            expected = expected_lora_parameters(model.get_base_model(), spec.lora.target_modules, spec.lora.r,
+                                                spec.lora.use_dora)
         record = results.build_record(
             spec=spec, profile=profile, env=env, seed=seed, started_at=started, finished_at=_now(),
             fingerprint=fingerprint, targets=list(spec.lora.target_modules) if spec.lora else None,

@@ -19,6 +19,12 @@ LORA_ALPHA = 16  # fixed across ranks (see lora()); the learning rates in the pr
 LORA_DROPOUT = 0.0  # measured: dropout copies every adapted layer's input (time and memory) and 30-200 steps need no regulariser
 OPTIMIZERS = ("adamw_torch", "paged_adamw_8bit")
 METHODS = ("full", "lora", "qlora")
+# LoRA variants, each one argument in PEFT (notebook 04): a LoraConfig field, or LoRA+'s optimizer. Each changes the
+# effective step size, so each has its own swept learning rate (a profile without one uses LoRA's).
+VARIANTS = ("dora", "rslora", "pissa", "loraplus")
+VARIANT_RANK = 16  # the rank the variants are compared at: LoRA r=16's, and QLoRA's
+LORAPLUS_RATIO = 16.0  # B's learning rate / A's: the LoRA+ paper's recommendation, PEFT's docs' example
+PISSA_NITER = 4  # subspace iterations of PiSSA's fast SVD (init_lora_weights="pissa_niter_4"; "pissa" = exact SVD)
 QUANT_TYPES = ("nf4", "fp4")
 MAX_RANK = 1024
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -107,6 +113,9 @@ class RunSpec:
     quantization: Any = None  # transformers.BitsAndBytesConfig for a 4-bit base (QLoRA), else None
     learning_rate: float | None = None  # None: the profile's rate for this method (from the learning-rate sweep)
     optimizer: str = "adamw_torch"  # the same for every standard run; a paged 8-bit optimizer is its own run id
+    # LoRA+: B's learning rate is this many times A's (peft.optimizers.create_loraplus_optimizer, the same AdamW
+    # otherwise); None: one rate for every trainable weight
+    loraplus_lr_ratio: float | None = None
     resolved: bool = field(default=False, compare=False)  # set by resolve(): targets and compute dtype filled in
 
     def __post_init__(self) -> None:
@@ -117,11 +126,33 @@ class RunSpec:
         """full: every weight trains; lora: adapters on a full-precision base; qlora: adapters on a 4-bit base."""
         return "full" if self.lora is None else "qlora" if self.quantization is not None else "lora"
 
+    @property
+    def variant(self) -> str | None:
+        """Which LoRA variants this spec uses ("dora", "rslora", "pissa", "loraplus", several joined by "+"), read
+        off its LoraConfig and optimizer; None for plain LoRA, QLoRA and full fine-tuning."""
+        if self.lora is None:
+            return None
+        init = self.lora.init_lora_weights
+        used = [name for name, on in (("dora", self.lora.use_dora), ("rslora", self.lora.use_rslora),
+                                      ("pissa", isinstance(init, str) and init.startswith("pissa")),
+                                      ("loraplus", self.loraplus_lr_ratio is not None)) if on]
+        return "+".join(used) or None
+
+    @property
+    def rate_key(self) -> str:
+        """The profile's learning_rates entry this spec trains with (Profile.learning_rate falls back to LoRA's)."""
+        return self.variant or self.method
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: what the results record and the fingerprint hold."""
-        return {"run_id": self.run_id, "method": self.method, "learning_rate": self.learning_rate,
-                "optimizer": self.optimizer, "lora": config_fields(self.lora) or None,
-                "quantization": config_fields(self.quantization) or None}
+        out = {"run_id": self.run_id, "method": self.method, "learning_rate": self.learning_rate,
+               "optimizer": self.optimizer, "lora": config_fields(self.lora) or None,
+               "quantization": config_fields(self.quantization) or None}
+        if self.loraplus_lr_ratio is not None:  # only when set: what a standard run records stays as it was
+            out["loraplus_lr_ratio"] = self.loraplus_lr_ratio
+        if self.variant:
+            out["variant"] = self.variant
+        return out
 
     def __hash__(self) -> int:
         import json
@@ -138,6 +169,8 @@ class RunSpec:
             parts.append(f"learning_rate={self.learning_rate!r}")
         if self.optimizer != "adamw_torch":
             parts.append(f"optimizer={self.optimizer!r}")
+        if self.loraplus_lr_ratio is not None:
+            parts.append(f"loraplus_lr_ratio={self.loraplus_lr_ratio!r}")
         return "RunSpec(" + ",\n        ".join(parts) + ")"
 
     __str__ = __repr__
@@ -172,13 +205,13 @@ def check_rank(r: object, label: str = "RANK") -> int:
     return r
 
 
-def lora_config(r: int, alpha: float | None = None, dropout: float | None = None):
+def lora_config(r: int, alpha: float | None = None, dropout: float | None = None, **peft_fields):
     """The lab's LoraConfig: alpha fixed across ranks (16). PEFT scales the update by lora_alpha / r, so a larger rank
     starts with a smaller per-direction step, and the best learning rate barely depends on the rank (LoRA Without
     Regret). target_modules=None: the model preset's attention + MLP projections (filled in by resolve)."""
     return _lora_class()(r=r, lora_alpha=LORA_ALPHA if alpha is None else alpha,
                          lora_dropout=LORA_DROPOUT if dropout is None else dropout, target_modules=None, bias="none",
-                         task_type="CAUSAL_LM")
+                         task_type="CAUSAL_LM", **peft_fields)
 
 
 def nf4_config():
@@ -219,6 +252,57 @@ def qlora(r: int = 16) -> RunSpec:
     # QLoRA = LoRA on a 4-bit NF4 base: the same spec plus one quantization line.
     r = check_rank(r, "RANK")
     return replace(lora(r), run_id="qlora" if r == 16 else f"qlora-r{r}", quantization=nf4_config())
+
+
+# ---------------------------------------------------------------- LoRA variants: one argument each, everything else LoRA's
+
+def dora(r: int = VARIANT_RANK) -> RunSpec:
+    """DoRA: each adapted weight split into a direction (W + BA, normalised per output) and a trained magnitude vector."""
+    r = check_rank(r, "RANK")
+    return RunSpec(f"dora-r{r}", lora=lora_config(r, use_dora=True))
+
+
+def rslora(r: int = VARIANT_RANK) -> RunSpec:
+    """rsLoRA: the update scaled by lora_alpha / sqrt(r) instead of lora_alpha / r (at r=16 and alpha 16: 4x LoRA's)."""
+    r = check_rank(r, "RANK")
+    return RunSpec(f"rslora-r{r}", lora=lora_config(r, use_rslora=True))
+
+
+def pissa(r: int = VARIANT_RANK, niter: int | None = PISSA_NITER) -> RunSpec:
+    """PiSSA: A and B start from W's top-r singular vectors (W's principal part trains, the residual stays frozen),
+    found by a randomized SVD with `niter` subspace iterations; niter=None: the exact SVD."""
+    r = check_rank(r, "RANK")
+    return RunSpec(f"pissa-r{r}", lora=lora_config(r, init_lora_weights="pissa" if niter is None
+                                                   else f"pissa_niter_{niter}"))
+
+
+def loraplus(r: int = VARIANT_RANK, ratio: float = LORAPLUS_RATIO) -> RunSpec:
+    """LoRA+: plain LoRA adapters, B trained at `ratio` times A's learning rate."""
+    r = check_rank(r, "RANK")
+    return RunSpec(f"loraplus-r{r}", lora=lora_config(r), loraplus_lr_ratio=ratio)
+
+
+VARIANT_MAKERS = {"dora": dora, "rslora": rslora, "pissa": pissa, "loraplus": loraplus}
+
+
+def variant_runs(r: int = VARIANT_RANK) -> tuple[RunSpec, ...]:
+    return tuple(make(r) for make in VARIANT_MAKERS.values())
+
+
+def variant_specs(names: object, r: object = VARIANT_RANK) -> list[RunSpec]:
+    """VARIANTS and RANK from notebook 04's parameters cell: a non-empty list of distinct variant names, one spec each."""
+    r = check_rank(r, "RANK")
+    example = f"VARIANTS = {list(VARIANTS)!r}"
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+        raise SpecError(f"VARIANTS = {names!r}: must be a non-empty list of variant names. Fix: {example}")
+    for name in names:
+        if name not in VARIANT_MAKERS:
+            raise SpecError(f"VARIANTS = {list(names)!r}: {name!r} is not a variant the lab trains"
+                            f"{did_you_mean(name, VARIANTS)}. Fix: choose from {example}")
+    if len(set(names)) < len(names):
+        raise SpecError(f"VARIANTS = {list(names)!r}: a name repeats; the same run would train twice. "
+                        f"Fix: VARIANTS = {list(dict.fromkeys(names))!r}")
+    return [VARIANT_MAKERS[name](r) for name in names]
 
 
 def paged(spec: RunSpec) -> RunSpec:
@@ -297,12 +381,29 @@ def check(spec: RunSpec) -> RunSpec:
                         "(helpers.paged(spec) for the paged 8-bit one)")
     if spec.lora is not None:
         _check_lora(where, spec.lora)
+    if spec.loraplus_lr_ratio is not None:
+        ratio = spec.loraplus_lr_ratio
+        if spec.lora is None:
+            raise SpecError(f"{where}: loraplus_lr_ratio={ratio!r} splits the learning rate of LoRA's A and B "
+                            "matrices, and full fine-tuning has none. Fix: helpers.specs.loraplus(16), or drop "
+                            "loraplus_lr_ratio")
+        if not _number(ratio) or ratio < 1:
+            raise SpecError(f"{where}: loraplus_lr_ratio={ratio!r} must be a number of at least 1 (B's rate / A's; "
+                            f"PEFT: 'should be >= 1'). Fix: loraplus_lr_ratio={LORAPLUS_RATIO:g}")
+        if spec.optimizer != "adamw_torch":
+            raise SpecError(f"{where}: LoRA+ builds its own AdamW with two learning rates, so optimizer="
+                            f"{spec.optimizer!r} would be ignored. Fix: leave optimizer as 'adamw_torch'")
     if spec.quantization is not None:
         if spec.lora is None:
             raise SpecError(f"{where}: a 4-bit base cannot be fully fine-tuned (its weights are frozen integers). "
                             "Fix: add lora=LoraConfig(...) (QLoRA: helpers.qlora(r)), or drop quantization for full "
                             "fine-tuning.")
         _check_quantization(where, spec.quantization)
+        init = spec.lora.init_lora_weights
+        if isinstance(init, str) and init.startswith("pissa"):
+            raise SpecError(f"{where}: PiSSA (init_lora_weights={init!r}) rewrites the base weights as W minus their "
+                            "principal part, and a 4-bit base would be requantized to hold that residual; the lab "
+                            "compares PiSSA on a full-precision base. Fix: drop quantization (helpers.specs.pissa(16))")
     return spec
 
 
@@ -382,14 +483,17 @@ def __getattr__(name: str):
 
 
 def from_run_id(run_id: str) -> RunSpec:
-    """The standard spec a run id names: full, lora-r<r>, qlora or qlora-r<r> (command lines, notebook 05's RUN)."""
+    """The spec a run id names: full, lora-r<r>, qlora or qlora-r<r>, or a variant's dora-r<r>, rslora-r<r>,
+    pissa-r<r>, loraplus-r<r> (command lines, notebook 06's RUN)."""
     text = str(run_id)
-    standard = standard_runs()
-    for spec in standard:
+    known = standard_runs() + variant_runs()
+    for spec in known:
         if spec.run_id == text:
             return spec
-    for prefix, make in (("lora-r", lora), ("qlora-r", qlora)):
+    for prefix, make in (("lora-r", lora), ("qlora-r", qlora), ("dora-r", dora), ("rslora-r", rslora),
+                         ("pissa-r", pissa), ("loraplus-r", loraplus)):
         if text.startswith(prefix) and text[len(prefix):].isdigit():
             return make(int(text[len(prefix):]))
-    raise SpecError(f"run id {run_id!r} is not one the lab knows.{did_you_mean(text, [s.run_id for s in standard])} "
-                    "Fix: full, lora-r<rank> (e.g. lora-r8), qlora or qlora-r<rank>.")
+    raise SpecError(f"run id {run_id!r} is not one the lab knows.{did_you_mean(text, [s.run_id for s in known])} "
+                    "Fix: full, lora-r<rank> (e.g. lora-r8), qlora or qlora-r<rank>, or a variant: dora-r16, "
+                    "rslora-r16, pissa-r16, loraplus-r16.")

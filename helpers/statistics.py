@@ -1,4 +1,4 @@
-"""Uncertainty for the comparisons in notebook 04: intervals over seeds, bootstraps over held-out examples, and
+"""Uncertainty for the comparisons in notebook 05: intervals over seeds, bootstraps over held-out examples, and
 reading notes that only claim "A beats B" when the interval of the difference excludes zero.
 
 Everything here is plain Python + numpy. scipy is deliberately not a dependency (it is large, and Colab students

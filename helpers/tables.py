@@ -49,7 +49,7 @@ COLUMN_FORMATS: dict[str, Callable[[object], str]] = {
 
 
 class LabFrame(pd.DataFrame):
-    """A DataFrame that displays through COLUMN_FORMATS and wraps long text, in notebooks 01–04 alike.
+    """A DataFrame that displays through COLUMN_FORMATS and wraps long text, in notebooks 01–05 alike.
 
     Subclassing (rather than returning a Styler) keeps it a real DataFrame: tests and students can index,
     compute and plot with the raw values.
@@ -110,7 +110,8 @@ def summary_frame(records: list[dict], human_eval: dict | None = None) -> pd.Dat
     for run_id, all_recs in by_run(records).items():
         recs = usable(all_recs) or all_recs  # a run with only flagged records still shows, flagged
         first = recs[0]
-        row = {"run": run_id, "method": first["method"], "rank": first["lora"]["r"] if first.get("lora") else pd.NA,
+        method = first["method"] + (f" + {first['variant']}" if first.get("variant") else "")  # e.g. lora + dora
+        row = {"run": run_id, "method": method, "rank": first["lora"]["r"] if first.get("lora") else pd.NA,
                "seeds": len(recs), "trainable params": first["params"]["trainable"],
                "trainable %": first["params"]["trainable_pct"],
                "artifact MiB": mean(r["artifact"]["bytes"] / MIB for r in recs)}
@@ -182,6 +183,24 @@ def prediction_frame(predictions: Mapping[str, Mapping[str, int]]) -> pd.DataFra
 def frame(rows: list[Mapping]) -> pd.DataFrame:
     """Rows of plain values (a helper's list of dicts) shown like every other table of the lab."""
     return LabFrame(pd.DataFrame(list(rows)))
+
+
+def param_groups_frame(optimizer, model) -> pd.DataFrame:
+    """One row per non-empty parameter group of an optimizer: its learning rate, weight decay, and which of the model's
+    trainable tensors it holds (by kind: lora_A, lora_B, ...). LoRA+ shows here as B's group at ratio x A's rate."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    rows = []
+    for k, group in enumerate(optimizer.param_groups):
+        if not group["params"]:  # LoRA+'s groups for adapted embeddings and undecayed B tensors, when there are none
+            continue
+        kinds = sorted({next((part for part in names.get(id(p), "?").split(".") if part.startswith("lora_")), "other")
+                        for p in group["params"]})
+        # a scheduler moves "lr" along the schedule and keeps the peak as "initial_lr"
+        rows.append({"group": k, "peak learning rate": group.get("initial_lr", group["lr"]),
+                     "weight decay": group["weight_decay"],
+                     "tensors": len(group["params"]), "parameters": sum(p.numel() for p in group["params"]),
+                     "holds": ", ".join(kinds) or "(empty)"})
+    return LabFrame(pd.DataFrame(rows)).set_index("group")
 
 
 def settings_frame(args) -> pd.DataFrame:

@@ -114,7 +114,7 @@ def sft_settings(spec: RunSpec, profile: Profile, env: Environment, seed: int, o
         output_dir=str(output_dir), run_name=Path(output_dir).name, seed=seed, data_seed=seed, **distributed,
         max_steps=profile.max_steps, per_device_train_batch_size=parallel.per_device_batch(profile.batch_size),
         gradient_accumulation_steps=parallel.accumulation,
-        learning_rate=spec.learning_rate or profile.learning_rate(spec.method), lr_scheduler_type="linear",
+        learning_rate=spec.learning_rate or profile.learning_rate(spec.rate_key), lr_scheduler_type="linear",
         warmup_steps=profile.warmup_steps, max_grad_norm=1.0, weight_decay=0.0, optim=spec.optimizer,
         bf16=env.precision.bf16, fp16=env.precision.fp16,  # both explicit: TRL turns bf16 on when neither is set
         # TRL's default turns checkpointing on (through the deprecated gradient_checkpointing alias); off for every
@@ -199,8 +199,12 @@ class LabTrainer(SFTTrainer):
     its update, time per step, a stop on NaN, checkpoints that count only once complete, and one more step after
     training, measured for memory."""
 
-    def __init__(self, *args, fingerprint: str = "", **kwargs):
+    def __init__(self, *args, fingerprint: str = "", loraplus_lr_ratio: float | None = None, **kwargs):
+        self.loraplus_lr_ratio = loraplus_lr_ratio  # before super().__init__: create_optimizer may run inside it
+        start = time.perf_counter()
         super().__init__(*args, **kwargs)
+        # PEFT wraps the base in here: PiSSA's SVD, DoRA's first weight norms; the same for every method's record
+        self.setup_seconds = time.perf_counter() - start
         self.fingerprint = fingerprint
         self.steps: list[StepRecord] = []
         self.probe = None  # a helpers.memory.StepMemoryProbe while measure_step runs
@@ -209,6 +213,19 @@ class LabTrainer(SFTTrainer):
         self._fetched: float | None = None
         self._closed_here = 0  # steps closed in this process: its first pays for lazy initialisation (warm-up)
         self.synced = 0  # leading step records whose counts are already summed over processes
+
+    def create_optimizer(self, model=None):
+        """Trainer's AdamW, or for LoRA+ PEFT's create_loraplus_optimizer with that same AdamW class and arguments
+        (betas, eps, no decay), B's group at loraplus_lr_ratio times A's rate. The schedule scales every group alike."""
+        if self.loraplus_lr_ratio is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        self.optimizer = create_loraplus_optimizer(self.model if model is None else model, optimizer_cls,
+                                                   loraplus_lr_ratio=self.loraplus_lr_ratio,
+                                                   loraplus_weight_decay=self.args.weight_decay, **kwargs)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.probe.forward() if self.probe is not None and self.probe.active else nullcontext():
@@ -440,6 +457,7 @@ class TrainingOutcome:
     # the method's own speed; a slow stretch over up to three quarters of the steps leaves it unchanged (the median
     # moves once it covers half). What the tables, figures and intervals use (README, "Throughput").
     tokens_per_second_upper_quartile: float = 0.0
+    setup_seconds: float = 0.0  # building the trainer: PEFT's wrapping and initialisation (PiSSA's SVD) included
 
     @property
     def budget_changed(self) -> bool:
@@ -454,7 +472,8 @@ def make_trainer(model: torch.nn.Module, spec: RunSpec, profile: Profile, env: E
     spec = resolve(spec, profile.model, env.precision.dtype)  # a no-op for Lab.trainer's already resolved spec
     trainer = LabTrainer(model=model, args=sft_config(spec, profile, env, seed, output_dir, report_to, parallel),
                          train_dataset=train_set, peft_config=spec.lora,
-                         processing_class=tokenizer, fingerprint=fingerprint)
+                         processing_class=tokenizer, fingerprint=fingerprint,
+                         loraplus_lr_ratio=spec.loraplus_lr_ratio)
     for param in trainer.model.parameters():  # undo TRL's bf16 cast of QLoRA adapters: trainable weights stay fp32
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
@@ -462,6 +481,35 @@ def make_trainer(model: torch.nn.Module, spec: RunSpec, profile: Profile, env: E
     if os.environ.get(PROGRESS_ENV):  # headless: StepClock prints one line per logged step instead of the log dicts
         trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+PISSA_INITIAL = "pissa-initial"  # in a PiSSA run's checkpoint folder: its adapter before training
+
+
+def uses_pissa(spec: RunSpec) -> bool:
+    init = spec.lora.init_lora_weights if spec.lora is not None else None
+    return isinstance(init, str) and init.startswith("pissa")
+
+
+def save_initial_adapter(trainer: LabTrainer, folder: Path) -> Path:
+    """A PiSSA adapter as initialised, before any step: what PEFT needs to convert the trained one into a plain LoRA
+    adapter for the original base (save_adapter). PiSSA moved W's principal part into A and B and left W minus it in
+    the base, so the trained adapter alone is only right on that residual base."""
+    path = Path(folder) / PISSA_INITIAL
+    trainer.model.save_pretrained(str(path))
+    return path
+
+
+def save_adapter(model, spec: RunSpec, initial: Path | None):
+    """The function that saves a run's model into a folder: PEFT's save_pretrained, which for PiSSA, given the
+    initial adapter, saves the difference trained - initial as a rank-2r LoRA adapter that applies to the original
+    base (path_initial_model_for_weight_conversion), like every other run's."""
+    if not uses_pissa(spec):
+        return model.save_pretrained
+    if initial is None:
+        raise ValueError(f"{spec.run_id}: a PiSSA adapter needs its initial adapter (save_initial_adapter, before "
+                         "training) to be saved for the original base.")
+    return lambda folder: model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
 
 
 def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutcome:
@@ -495,4 +543,4 @@ def train(trainer: LabTrainer, resume_from: Path | None = None) -> TrainingOutco
         step_seconds=per_step, log=log, skipped_at=[s.step for s in steps if s.skipped],
         trained_tokens=sum(s.tokens for s in steps if not s.skipped),
         step_times=[[s.step, s.tokens, float(f"{s.seconds:.6g}")] for s in timed],
-        tokens_per_second_upper_quartile=_upper_quartile_rate(timed))
+        tokens_per_second_upper_quartile=_upper_quartile_rate(timed), setup_seconds=trainer.setup_seconds)

@@ -57,7 +57,7 @@ class RatingWidget(w.VBox):
     def _show(self) -> None:
         item = self.current
         if item is None:
-            self.header.value = "<b>Nothing to rate yet</b>: run notebooks 01–03, then this notebook again."
+            self.header.value = "<b>Nothing to rate yet</b>: run notebooks 01–04, then this notebook again."
             self.prompt.value = self.answer.value = ""
             for control in (self.score, self.previous_button, self.next_button, self.submit_button):
                 control.disabled = True

@@ -71,7 +71,7 @@ def sft_prepared(tmp_path):
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: only called under `pytest -n N` (make test)
 def pytest_xdist_make_scheduler(config, log):
     """One test file per worker at a time, so a module's trained fixture is built once; and the notebooks as one
-    unit, in order: 04 reads what 01-03 wrote, 03 compares with 02's LoRA r16, and 05 exports that run. (xdist's own `loadgroup` marks do
+    unit, in order: 05 reads what 01-04 wrote, 03 and 04 compare with 02's LoRA r16, and 06 exports that run. (xdist's own `loadgroup` marks do
     not take effect under pytest 9.2, whose node ids xdist 3.8 can no longer rewrite.)"""
     from xdist.scheduler import LoadScopeScheduling
 

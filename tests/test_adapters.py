@@ -6,14 +6,15 @@ import pytest
 import torch
 
 import helpers
-from helpers import adapters
+from helpers import adapters, specs
 from helpers.results import read
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     lab = helpers.Lab("smoke", results=tmp_path_factory.mktemp("results"), max_steps=3)
-    records = {spec.run_id: lab.run(spec)[0] for spec in (helpers.lora(8), helpers.lora(16), helpers.qlora())}
+    runs = (helpers.lora(8), helpers.lora(16), helpers.qlora(), specs.dora(), specs.pissa())  # + notebook 04's two
+    records = {spec.run_id: lab.run(spec)[0] for spec in runs}
     return lab, records
 
 
@@ -76,7 +77,7 @@ def test_trainable_counts_follow_the_rank_and_match_peft(trained):
     counts = {r: records[r]["params"]["trainable"] for r in ("lora-r8", "lora-r16")}
     assert counts["lora-r16"] == 2 * counts["lora-r8"]  # r * (in + out) is linear in r
     check = adapters.parameter_check(list(records.values()))
-    assert list(check["run"]) == ["lora-r8", "lora-r16", "qlora"] and check["agree"].all()
+    assert list(check["run"]) == ["lora-r8", "lora-r16", "qlora", "dora-r16", "pissa-r16"] and check["agree"].all()
     # SmolLM2-135M: 30 layers x r x sum(in + out) over q,k,v,o,gate,up,down
     per_layer = (576 + 576) + (576 + 192) * 2 + (576 + 576) + (576 + 1536) * 3
     assert counts["lora-r8"] == 30 * 8 * per_layer
@@ -104,3 +105,37 @@ def test_a_finished_run_is_skipped_and_a_changed_one_is_not(trained, capsys):
     assert "skipped" in capsys.readouterr().out
     other = helpers.Lab("smoke", results=lab.results_dir, max_steps=2)
     assert other.finished(helpers.lora(8), 42) is None  # another budget: the stored result is stale
+
+
+def test_pissa_adapter_converted_for_the_original_base_reproduces_the_loss(trained):
+    """notebook 04's LoRA variants (trained in this module's fixture, beside LoRA and QLoRA)."""
+    smoke_lab, records = trained
+    record = records["pissa-r16"]
+    assert adapters.saved_rank(smoke_lab, record) == 2 * specs.VARIANT_RANK, "trained - initial: a rank-2r adapter"
+    reloaded = adapters.reload(smoke_lab, record)  # onto the original base, not PiSSA's residual one
+    assert not any("pissa" in str(c.init_lora_weights) for c in reloaded.peft_config.values())
+    loss = smoke_lab.evaluate(reloaded)["loss"]
+    assert abs(loss - record["eval"]["loss_after"]) < 1e-4
+    assert abs(record["eval"]["loss_after"] - record["eval"]["loss_before"]) > 1e-2, "training moved it"
+
+
+def test_dora_merge_keeps_the_logits_and_counts(trained):
+    smoke_lab, records = trained
+    record = records["dora-r16"]
+    assert record["params"]["trainable"] == record["params"]["expected_trainable"]
+    with_adapter = adapters.reload(smoke_lab, record)
+    assert smoke_lab.evaluate(with_adapter)["loss"] == pytest.approx(record["eval"]["loss_after"], abs=1e-5)
+    merged = adapters.merge(adapters.reload(smoke_lab, record))
+    probe = smoke_lab.data.eval.select(range(3)).to_list()
+    gap = adapters.max_logit_difference(with_adapter, merged, probe, smoke_lab.tokenizer.pad_token_id)
+    assert gap < 5e-4
+
+
+def test_the_memory_prediction_covers_the_variants(trained):
+    _, records = trained
+    for record in (records["dora-r16"], records["pissa-r16"]):
+        memory = record["memory"]
+        assert abs(memory["predicted"]["peak"] / memory["step_peak_bytes"] - 1) <= 0.15, record["run_id"]
+        assert record["training"]["setup_seconds"] > 0
+    dora, pissa = records["dora-r16"]["memory"], records["pissa-r16"]["memory"]
+    assert dora["categories"]["activations"] > pissa["categories"]["activations"], "DoRA's extra saved outputs"

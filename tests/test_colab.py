@@ -114,8 +114,8 @@ REFERENCE_SHOWN = "showing the lab's REFERENCE results"
 
 
 def test_two_runtimes_share_results_through_drive_only(tmp_path):
-    """A student opens 04 first (its own runtime): no results yet, so the committed reference set, labelled. Then 01
-    in another runtime trains and writes to Drive. "Run all" again in 04's runtime now shows 01's run, read from
+    """A student opens 05 first (its own runtime): no results yet, so the committed reference set, labelled. Then 01
+    in another runtime trains and writes to Drive. "Run all" again in 05's runtime now shows 01's run, read from
     Drive: nothing else connects the two runtimes, and the test never sets $LAB_RESULTS_DIR."""
     reference, rejected = results.load_all(results.REFERENCE_DIR)
     assert reference, f"the committed reference set must be readable; make lab regenerates it: {rejected[:1]}"
@@ -124,7 +124,7 @@ def test_two_runtimes_share_results_through_drive_only(tmp_path):
     content1, env1 = runtime(tmp_path, "runtime1", drive)
     content2, env2 = runtime(tmp_path, "runtime2", drive)
     with Kernel(content2, env2) as compare:
-        nb = notebook("04_compare.ipynb")
+        nb = notebook("05_compare.ipynb")
         before = compare.run(nb, load_cell(nb) + 1)
         assert REFERENCE_SHOWN in before and str(results.REFERENCE_DIR) in before, before
         assert colab.NO_GPU_MESSAGE in before and "Mounted at" in before
@@ -138,11 +138,11 @@ def test_two_runtimes_share_results_through_drive_only(tmp_path):
         assert not (content1 / "results").exists() and not (content2 / "results").exists()
         assert pip_calls(content1) == pip_calls(content2) == [], "every pin is installed here: pip is not called"
 
-        after = compare.run(notebook("04_compare.ipynb"))
+        after = compare.run(notebook("05_compare.ipynb"))
     assert REFERENCE_SHOWN not in after, after
     assert f"Results folder: {content2 / DRIVE_RESULTS}" in after and "full" in after
     # beside the set it shows (01's MAX_STEPS = 1 run, in its set-<id>/), on Drive
-    assert (found[0].parent / "comparison.png").stat().st_size > 1000, "04 saved its figure beside the results, on Drive"
+    assert (found[0].parent / "comparison.png").stat().st_size > 1000, "05 saved its figure beside the results, on Drive"
 
 
 def test_use_drive_false_warns_and_a_missing_pin_goes_to_pip(tmp_path):
@@ -157,7 +157,7 @@ def test_use_drive_false_warns_and_a_missing_pin_goes_to_pip(tmp_path):
             (clone / entry.name).symlink_to(entry)
     missing_pin = "example-package-not-installed==1.0"
     (clone / "requirements.txt").write_text((ROOT / "requirements.txt").read_text() + f"{missing_pin}  # colab\n")
-    nb = notebook("04_compare.ipynb", USE_DRIVE=False)
+    nb = notebook("05_compare.ipynb", USE_DRIVE=False)
     with Kernel(content, env) as kernel:
         out = kernel.run(nb, parameters_cell(nb) + 2)  # up to the setup cell
     assert pip_calls(content) == [["install", "-q", missing_pin]]
@@ -257,7 +257,7 @@ def test_setup_without_a_gpu_says_how_to_get_one_and_goes_on_offline(fake_runtim
     out = capsys.readouterr().out
     assert colab.NO_GPU_MESSAGE in out and "Runtime -> Change runtime type -> T4 GPU" in colab.NO_GPU_MESSAGE
     assert "USE_DRIVE = False" in out
-    # no "# offline" pins left (gguf is needed by notebook 05 on every runtime), so no call for them
+    # no "# offline" pins left (gguf is needed by notebook 06 on every runtime), so no call for them
     assert calls == [colab.requirements(ROOT, colab.COLAB_MARK), ["--no-deps", *colab.requirements(ROOT, colab.NO_DEPS)]]
     assert os.environ["LAB_PROFILE"] == "cpu" and os.environ["LAB_RESULTS_DIR"] == str(tmp_path / "content" / "results")
     assert colab.FULL_CHECKPOINTS_ENV not in os.environ, "without Drive every checkpoint is on this runtime's disk anyway"

@@ -1,5 +1,5 @@
 """The comparison: tables with intervals, the four-panel figure, the reading notes, the blind rating, the metric
-explorer and notebook 04, on records built by tests/records.py (schema-valid) plus a corrupt and an older-schema file."""
+explorer and notebook 05, on records built by tests/records.py (schema-valid) plus a corrupt and an older-schema file."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from helpers import notes as lab_notes  # noqa: E402
 from records import CATEGORIES, LORA_TRAINABLE, MIB, NUMBERS, PROMPTS, TOTAL, make_record, per_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "notebooks" / "04_compare.ipynb"
+NOTEBOOK = ROOT / "notebooks" / "05_compare.ipynb"
 
 
 def _answers_without_run_ids(records: list[dict]) -> list[dict]:
@@ -30,7 +30,7 @@ def _answers_without_run_ids(records: list[dict]) -> list[dict]:
 def results_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "results"
     # Written in reverse order: load_all and every view must restore RUN_ORDER themselves.
-    for run_id in reversed(results.RUN_ORDER):
+    for run_id in reversed(results.CORE_RUNS):
         results.write_atomic(make_record(run_id), folder / results.file_name(run_id, 42))
     (folder / "broken.json").write_text("{ this is not json")
     old = make_record("lora-r8")
@@ -54,13 +54,13 @@ def three_seeds(run_id: str, perplexities: list[float], speeds: list[float] | No
 # ---------------------------------------------------------------- loading and tables
 
 def test_factory_records_are_schema_valid():
-    for run_id in results.RUN_ORDER:
+    for run_id in results.CORE_RUNS:
         assert results.problems(make_record(run_id)) == []
 
 
 def test_load_all_lists_bad_and_older_files_with_reasons(loaded):
     records, left_out = loaded
-    assert [r["run_id"] for r in records] == list(results.RUN_ORDER)
+    assert [r["run_id"] for r in records] == list(results.CORE_RUNS)
     reasons = dict(left_out)
     assert set(reasons) == {"broken.json", "old-run.json"}
     assert "JSON" in reasons["broken.json"]
@@ -72,7 +72,7 @@ def test_load_all_lists_bad_and_older_files_with_reasons(loaded):
 def test_summary_frame_values(loaded):
     records, _ = loaded
     frame = tables.summary_frame(list(reversed(records)))
-    assert list(frame.index) == list(results.RUN_ORDER)
+    assert list(frame.index) == list(results.CORE_RUNS)
     assert frame.index.name == "run"
     assert list(frame.columns) == ["method", "rank", "seeds", "trainable params", "trainable %", "artifact MiB",
                                    "peak memory MiB", "tokens/s", "perplexity before", "perplexity after",
@@ -239,21 +239,21 @@ def test_comparison_figure_four_panels_in_run_order(loaded, tmp_path):
     axes = fig.axes
     assert len(axes) == 4
     for ax in axes:
-        assert [t.get_text() for t in ax.get_xticklabels()] == list(results.RUN_ORDER)
+        assert [t.get_text() for t in ax.get_xticklabels()] == list(results.CORE_RUNS)
     assert axes[0].get_yscale() == "log"
     assert _bar_heights(axes[0]) == [TOTAL, *LORA_TRAINABLE.values(), LORA_TRAINABLE[16]]
     # memory: five stacked categories per run, in category order, summing to each run's total
     heights = _bar_heights(axes[1])
     assert len(heights) == 5 * 5
-    for k, run_id in enumerate(results.RUN_ORDER):
+    for k, run_id in enumerate(results.CORE_RUNS):
         assert [heights[c * 5 + k] for c in range(5)] == pytest.approx(CATEGORIES[run_id], abs=1e-3)
     assert [t.get_text() for t in axes[1].get_legend().get_texts()][:5] == list(tables.MEMORY_CATEGORIES)
-    assert _bar_heights(axes[2]) == pytest.approx([NUMBERS[r][1] for r in results.RUN_ORDER])
+    assert _bar_heights(axes[2]) == pytest.approx([NUMBERS[r][1] for r in results.CORE_RUNS])
     befores, afters = _bar_heights(axes[3])[:5], _bar_heights(axes[3])[5:]
     assert befores == pytest.approx([7.0, 7.0, 7.0, 7.0, 7.5])
-    assert afters == pytest.approx([NUMBERS[r][2] for r in results.RUN_ORDER])
+    assert afters == pytest.approx([NUMBERS[r][2] for r in results.CORE_RUNS])
     assert [p.get_facecolor()[:3] for p in axes[2].patches] == \
-        [matplotlib.colors.to_rgb(plots.RUN_COLORS[r]) for r in results.RUN_ORDER]
+        [matplotlib.colors.to_rgb(plots.RUN_COLORS[r]) for r in results.CORE_RUNS]
     assert "profile cpu" in fig.get_supxlabel() and "2026-11-20" in fig.get_supxlabel()
     assert png.stat().st_size > 1000 and png.with_suffix(".svg").stat().st_size > 1000
     assert not [p for p in png.parent.iterdir() if p.name.startswith(".")], "no temp files left behind"
@@ -282,11 +282,11 @@ def test_figures_survive_missing_and_no_runs(loaded, tmp_path):
         for draw in (plots.loss_curves, plots.perplexity_vs_params, plots.learning_vs_forgetting):
             assert draw([]) is not None
         ax = plots.loss_curves(records)
-        assert [line.get_label() for line in ax.get_lines()] == list(results.RUN_ORDER)
-        assert [line.get_color() for line in ax.get_lines()] == [plots.RUN_COLORS[r] for r in results.RUN_ORDER]
+        assert [line.get_label() for line in ax.get_lines()] == list(results.CORE_RUNS)
+        assert [line.get_color() for line in ax.get_lines()] == [plots.RUN_COLORS[r] for r in results.CORE_RUNS]
         ax = plots.perplexity_vs_params(records)
         assert ax.get_xscale() == "log"
-        assert [t.get_text() for t in ax.texts] == list(results.RUN_ORDER)
+        assert [t.get_text() for t in ax.texts] == list(results.CORE_RUNS)
         ax = plots.learning_vs_forgetting(records)
         from matplotlib.collections import PathCollection
         offsets = [tuple(map(float, c.get_offsets()[0])) for c in ax.collections if isinstance(c, PathCollection)]
@@ -308,7 +308,7 @@ def test_rating_session_is_blind_and_deterministic(loaded):
     other = widgets.RatingSession(records, seed=4)
     assert [i.answer for i in other.items] != [i.answer for i in a.items]
     for item in a.items:
-        assert not any(run_id in item.id for run_id in results.RUN_ORDER)
+        assert not any(run_id in item.id for run_id in results.CORE_RUNS)
         assert not hasattr(item, "run_id")
     widget = widgets.rating_widget(a, Path("unused.json"))
     for _ in range(len(a)):
@@ -402,9 +402,9 @@ def test_rating_widget_with_nothing_to_rate(tmp_path):
 def test_metric_explorer_redraws_on_change(loaded):
     records = loaded[0]
     explorer = widgets.metric_explorer(records)
-    assert _bar_heights(explorer.ax) == pytest.approx([NUMBERS[r][2] for r in results.RUN_ORDER])
+    assert _bar_heights(explorer.ax) == pytest.approx([NUMBERS[r][2] for r in results.CORE_RUNS])
     explorer.metric.value = "peak memory"
-    assert _bar_heights(explorer.ax) == pytest.approx([NUMBERS[r][0] for r in results.RUN_ORDER], abs=1e-3)
+    assert _bar_heights(explorer.ax) == pytest.approx([NUMBERS[r][0] for r in results.CORE_RUNS], abs=1e-3)
     explorer.metric.value = "trainable params"
     assert explorer.ax.get_yscale() == "log"
     explorer.runs.value = ("qlora", "full")
@@ -420,7 +420,7 @@ def test_metric_explorer_redraws_on_change(loaded):
 # ---------------------------------------------------------------- the notebook, headless
 
 def _execute_notebook(folder: Path, monkeypatch) -> tuple[str, list[dict]]:
-    """Run notebook 04 headless on `folder`; return its printed text and its outputs."""
+    """Run notebook 05 headless on `folder`; return its printed text and its outputs."""
     import os
 
     import nbformat

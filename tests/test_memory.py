@@ -11,7 +11,7 @@ from transformers import GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForC
 from helpers.memory import (MemoryFitError, MemoryMeter, StepMemoryProbe, cheaper_choices, check_fits, gb,
                             gradient_bytes, predict, weight_bytes)
 from helpers.models import LLAMA_TARGETS
-from helpers.specs import full, lora, qlora
+from helpers.specs import dora, full, lora, qlora
 
 RANK = 8
 
@@ -29,9 +29,10 @@ def build(method: str, config: LlamaConfig) -> torch.nn.Module:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.config.use_cache = False
-    if method == "lora":
+    if method in ("lora", "dora"):
         model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=16, lora_dropout=0.0, bias="none",
-                                                 target_modules=list(LLAMA_TARGETS), task_type="CAUSAL_LM"))
+                                                 target_modules=list(LLAMA_TARGETS), task_type="CAUSAL_LM",
+                                                 use_dora=method == "dora"))
     return model.train()
 
 
@@ -81,6 +82,23 @@ def measured() -> dict[str, tuple[dict, torch.nn.Module]]:
         model = build(method, config)
         out[method] = (measured_step(model, packed_batch(config.vocab_size, rows=4, length=128)), model)
     return out
+
+
+def test_dora_prediction_counts_its_magnitudes_and_saved_outputs(measured):
+    """DoRA (PEFT's use_dora) trains a magnitude per output of each adapted layer and keeps two more outputs of that
+    width per token for the backward pass: the prediction counts both, within the lab's bound, and above LoRA's."""
+    config = wide_llama_config()
+    model = build("dora", config)
+    m = measured_step(model, packed_batch(config.vocab_size, rows=4, length=128))
+    spec = dora(RANK)
+    p = predict(config, spec, "fp32", "cpu", 4 * 128, targets=LLAMA_TARGETS)
+    assert p["trainable_params"] == sum(q.numel() for q in model.parameters() if q.requires_grad)
+    assert (p["weights"], p["gradients"], p["optimizer"]) == (m["weights"], m["gradients"], m["optimizer"])
+    assert abs(p["activations"] - m["activations"]) <= 0.05 * m["activations"], (p, m)
+    assert abs(p["peak"] - m["step_peak"]) <= 0.15 * m["step_peak"], (p, m)
+    lora_step = measured["lora"][0]
+    assert m["activations"] > lora_step["activations"] and p["activations"] > predict(
+        config, lora(RANK), "fp32", "cpu", 4 * 128, targets=LLAMA_TARGETS)["activations"]
 
 
 def test_categories_add_up_to_the_step_peak_and_explain_it(measured):

@@ -28,7 +28,7 @@ def reference(run_id: str, seeds=SEEDS) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def records() -> list[dict]:
-    # Two runs mixed, as notebook 04 holds them: the card must pick its own run's records.
+    # Two runs mixed, as notebook 05 holds them: the card must pick its own run's records.
     return reference("lora-r16") + reference("full")
 
 

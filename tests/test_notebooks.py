@@ -12,7 +12,8 @@ from helpers.colab import SETUP_CELL
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
-EXPECTED = ["00_baseline", "01_full_finetune", "02_lora_ranks", "03_qlora", "04_compare", "05_use_your_model"]
+EXPECTED = ["00_baseline", "01_full_finetune", "02_lora_ranks", "03_qlora", "04_lora_variants", "05_compare",
+            "06_use_your_model"]
 
 
 def test_the_sequence_is_complete_and_numbered():

@@ -1,4 +1,4 @@
-"""The Pareto view of notebook 04: dominance on a hand-made set (ties included), "within noise" from the intervals,
+"""The Pareto view of notebook 05: dominance on a hand-made set (ties included), "within noise" from the intervals,
 the reading notes on the committed reference set, and the panel's marks."""
 
 from __future__ import annotations

@@ -257,7 +257,8 @@ def test_load_all_returns_run_order(tmp_path):
         write_atomic(valid_record(run_id, method), tmp_path / f"{9 - i}-{run_id}.json")
     records, rejected = load_all(tmp_path)
     assert rejected == []
-    assert tuple(r["run_id"] for r in records) == RUN_ORDER == ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")
+    assert tuple(r["run_id"] for r in records) == RUN_ORDER[:5] == ("full", "lora-r8", "lora-r16", "lora-r32", "qlora")
+    assert RUN_ORDER[5:] == ("dora-r16", "rslora-r16", "pissa-r16", "loraplus-r16")  # notebook 04, after the five
 
 
 def test_load_all_puts_unknown_runs_last_and_skips_hidden_and_human_eval(tmp_path):

@@ -1,5 +1,5 @@
 """Results are never silently replaced: a run with other settings than its profile's standard ones is written in
-set-<id>/ beside the standard runs, and notebook 04 compares one settings set, names it and lists the others.
+set-<id>/ beside the standard runs, and notebook 05 compares one settings set, names it and lists the others.
 Records are copies of the committed reference set (30 steps, profile cpu), except one real 2-step demo run."""
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ def test_a_top_level_file_of_other_settings_is_never_taken(tmp_path):
     assert results.run_folder(tmp_path, cpu, "full-seed42.json") == tmp_path / f"set-{cpu['id']}"
 
 
-# ---------------------------------------------------------------- what notebook 04 loads
+# ---------------------------------------------------------------- what notebook 05 loads
 
-def test_04_compares_one_set_and_lists_the_others(tmp_path):
+def test_05_compares_one_set_and_lists_the_others(tmp_path):
     copy_reference(tmp_path)
     demo = demo_copy(json.loads((REFERENCE / STANDARD).read_text()))
     folder = results.run_folder(tmp_path, demo["settings"], STANDARD)

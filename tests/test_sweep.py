@@ -47,3 +47,19 @@ def test_the_cpu_profile_uses_the_committed_sweeps_best_rates():
     best = {run: b["learning_rate"] for run, b in evidence["best"].items()}
     assert PROFILES["cpu"].learning_rates["full"] == best.pop("full")
     assert set(best.values()) == {PROFILES["cpu"].learning_rates["lora"]}, "with alpha fixed, one rate for every rank"
+
+
+def test_the_cpu_profile_uses_the_variants_sweeps_best_rates():
+    """Each LoRA variant's rate is its best on the committed variants sweep, an interior point of its grid; LoRA r16,
+    swept beside them on the same data, has the rate the profile gives LoRA."""
+    from helpers.profiles import PROFILES
+    from helpers.results import REFERENCE_DIR
+    evidence = json.loads((REFERENCE_DIR / "sweep-variants.json").read_text())
+    assert evidence["profile"] == "cpu"
+    rates = PROFILES["cpu"].learning_rates
+    for run, best in evidence["best"].items():
+        key = run.split("-")[0]
+        assert rates[key] == best["learning_rate"], run
+        grid = sorted(float(r) for r in best["by_rate"])
+        assert grid[0] < best["learning_rate"] < grid[-1], f"{run}: the best rate is at its grid's edge"
+    assert {"dora-r16", "rslora-r16", "pissa-r16", "loraplus-r16", "lora-r16"} <= set(evidence["best"])
