@@ -360,6 +360,8 @@ ANCHORS = {
              "LoRA's zero-B start",
     "loraplus": "LoRA+ (Hayou et al. 2024; PEFT's docs): B at ~16x A's learning rate, up to 2x faster convergence",
 }
+
+
 def variant_notes(records: list[dict], rank: int = 16) -> list[str]:
     """For each LoRA variant present at `rank` (run ids dora-r16, ...) with LoRA at that rank: its held-out
     perplexity, how fast its training loss fell (the mean of the logged losses, same batches per seed), speed and

@@ -46,6 +46,10 @@ class Profile:
         were swept separately), else LoRA's (QLoRA trains the same adapters)."""
         return self.learning_rates.get(key) or self.learning_rates["full" if key == "full" else "lora"]
 
+    def rate_for(self, spec) -> float:
+        """The rate a RunSpec trains with: its own learning_rate, else this profile's for its rate_key."""
+        return spec.learning_rate or self.learning_rate(spec.rate_key)
+
     @property
     def learning_rate_source(self) -> str:
         """Where the rates came from, for the notebooks to print: only the offline profiles' were swept."""

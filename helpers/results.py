@@ -117,7 +117,7 @@ def config_fingerprint(spec, profile, seed: int, env, data_fingerprint: str, lay
     accumulation, sharding), package versions and the code of the training path. A stored result with another
     fingerprint is stale and is run again."""
     versions = package_versions()
-    rate = spec.learning_rate or profile.learning_rate(spec.rate_key)  # a variant's own rate is not in the settings
+    rate = profile.rate_for(spec)  # a variant's own rate is not in the settings
     return digest(spec.as_dict(), profile_settings(profile), seed, data_fingerprint, env.precision.name, env.device_name,
                   {k: versions.get(k) for k in VERSION_KEYS}, code_version(), SCHEMA_VERSION, list(layout), rate)
 

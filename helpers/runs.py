@@ -29,7 +29,7 @@ from .models import (expected_lora_parameters, get_preset, load_config, load_mod
 from .profiles import Profile, get_profile
 from .specs import RunSpec, check
 from .training import (LabTrainer, build_base, complete_checkpoint, make_trainer, save_adapter, save_initial_adapter,
-                       sft_config, train, uses_pissa)
+                       sft_config, train)
 
 
 def _now() -> str:
@@ -372,7 +372,7 @@ class Lab:
             trainer = self.trainer(spec, seed)
             model = trainer.model
             # PiSSA's adapter before training (recomputed identically on a resume: the SVD follows the seed)
-            initial = (save_initial_adapter(trainer, checkpoints) if uses_pissa(spec) and self.parallel.is_main
+            initial = (save_initial_adapter(trainer, checkpoints) if spec.uses("pissa") and self.parallel.is_main
                        else None)
             trainable, total = model.get_nb_trainable_parameters() if spec.lora else parameter_count(model)
             if resume is not None:

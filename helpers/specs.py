@@ -138,6 +138,10 @@ class RunSpec:
                                       ("loraplus", self.loraplus_lr_ratio is not None)) if on]
         return "+".join(used) or None
 
+    def uses(self, variant: str) -> bool:
+        """Whether this spec uses one LoRA variant ("pissa", ...), alone or with others."""
+        return variant in (self.variant or "").split("+")
+
     @property
     def rate_key(self) -> str:
         """The profile's learning_rates entry this spec trains with (Profile.learning_rate falls back to LoRA's)."""
@@ -399,9 +403,8 @@ def check(spec: RunSpec) -> RunSpec:
                             "Fix: add lora=LoraConfig(...) (QLoRA: helpers.qlora(r)), or drop quantization for full "
                             "fine-tuning.")
         _check_quantization(where, spec.quantization)
-        init = spec.lora.init_lora_weights
-        if isinstance(init, str) and init.startswith("pissa"):
-            raise SpecError(f"{where}: PiSSA (init_lora_weights={init!r}) rewrites the base weights as W minus their "
+        if spec.uses("pissa"):
+            raise SpecError(f"{where}: PiSSA (init_lora_weights={spec.lora.init_lora_weights!r}) rewrites the base weights as W minus their "
                             "principal part, and a 4-bit base would be requantized to hold that residual; the lab "
                             "compares PiSSA on a full-precision base. Fix: drop quantization (helpers.specs.pissa(16))")
     return spec

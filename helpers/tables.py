@@ -199,7 +199,7 @@ def param_groups_frame(optimizer, model) -> pd.DataFrame:
         rows.append({"group": k, "peak learning rate": group.get("initial_lr", group["lr"]),
                      "weight decay": group["weight_decay"],
                      "tensors": len(group["params"]), "parameters": sum(p.numel() for p in group["params"]),
-                     "holds": ", ".join(kinds) or "(empty)"})
+                     "holds": ", ".join(kinds)})
     return LabFrame(pd.DataFrame(rows)).set_index("group")
 
 

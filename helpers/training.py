@@ -114,7 +114,7 @@ def sft_settings(spec: RunSpec, profile: Profile, env: Environment, seed: int, o
         output_dir=str(output_dir), run_name=Path(output_dir).name, seed=seed, data_seed=seed, **distributed,
         max_steps=profile.max_steps, per_device_train_batch_size=parallel.per_device_batch(profile.batch_size),
         gradient_accumulation_steps=parallel.accumulation,
-        learning_rate=spec.learning_rate or profile.learning_rate(spec.rate_key), lr_scheduler_type="linear",
+        learning_rate=profile.rate_for(spec), lr_scheduler_type="linear",
         warmup_steps=profile.warmup_steps, max_grad_norm=1.0, weight_decay=0.0, optim=spec.optimizer,
         bf16=env.precision.bf16, fp16=env.precision.fp16,  # both explicit: TRL turns bf16 on when neither is set
         # TRL's default turns checkpointing on (through the deprecated gradient_checkpointing alias); off for every
@@ -486,11 +486,6 @@ def make_trainer(model: torch.nn.Module, spec: RunSpec, profile: Profile, env: E
 PISSA_INITIAL = "pissa-initial"  # in a PiSSA run's checkpoint folder: its adapter before training
 
 
-def uses_pissa(spec: RunSpec) -> bool:
-    init = spec.lora.init_lora_weights if spec.lora is not None else None
-    return isinstance(init, str) and init.startswith("pissa")
-
-
 def save_initial_adapter(trainer: LabTrainer, folder: Path) -> Path:
     """A PiSSA adapter as initialised, before any step: what PEFT needs to convert the trained one into a plain LoRA
     adapter for the original base (save_adapter). PiSSA moved W's principal part into A and B and left W minus it in
@@ -504,7 +499,7 @@ def save_adapter(model, spec: RunSpec, initial: Path | None):
     """The function that saves a run's model into a folder: PEFT's save_pretrained, which for PiSSA, given the
     initial adapter, saves the difference trained - initial as a rank-2r LoRA adapter that applies to the original
     base (path_initial_model_for_weight_conversion), like every other run's."""
-    if not uses_pissa(spec):
+    if not spec.uses("pissa"):
         return model.save_pretrained
     if initial is None:
         raise ValueError(f"{spec.run_id}: a PiSSA adapter needs its initial adapter (save_initial_adapter, before "

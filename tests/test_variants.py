@@ -6,7 +6,6 @@ import copy
 import dataclasses
 
 import pytest
-import torch
 from conftest import make_tiny_llama, tiny_llama_config
 from peft import get_peft_model
 
@@ -109,7 +108,7 @@ def test_a_variants_sweep_point_trains_through_the_same_path():
     for spec in specs.variant_runs():
         assert grid(spec) == GRIDS[spec.variant] and len(grid(spec)) >= 4
     assert grid(specs.lora(16)) == GRIDS["lora"] and grid(specs.full()) == GRIDS["full"]
-    assert torch.tensor(GRIDS["rslora"]).max() < torch.tensor(GRIDS["dora"]).max()  # 4x the step at r16
+    assert max(GRIDS["rslora"]) < max(GRIDS["dora"])  # 4x the step at r16
 
 
 def test_the_comparison_reads_each_variant_against_lora_r16():
