@@ -136,11 +136,18 @@ def variant_checks(lab, records: list[dict], examples: int = 8) -> pd.DataFrame:
 
 
 @torch.no_grad()
+def _clock(tensor: torch.Tensor) -> float:
+    """perf_counter once the work queued on the tensor's device is done (a GPU returns before its kernels finish)."""
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+    return time.perf_counter()
+
+
 def svd_init_check(model: torch.nn.Module, targets, r: int, niter: int, layer: int = 0) -> pd.DataFrame:
     """What PiSSA's fast SVD changes, on the adapted weights of decoder layer `layer`: the share of each weight's
     energy (squared singular values) in its top r directions found by the exact SVD (init_lora_weights="pissa")
     and by torch.svd_lowrank with `niter` subspace iterations ("pissa_niter_<niter>", what PEFT then calls), and
-    the time each takes (CPU wall time, or on a GPU the time to queue it). The fast SVD finds slightly weaker directions,
+    the time each takes (wall time; on a GPU after the kernels finish). The fast SVD finds slightly weaker directions,
     so a little less of W starts in the adapter."""
     rows = []
     prefix = f".layers.{layer}."
@@ -148,12 +155,12 @@ def svd_init_check(model: torch.nn.Module, targets, r: int, niter: int, layer: i
         if prefix not in f".{name}." or name.split(".")[-1] not in targets or not hasattr(module, "weight"):
             continue
         weight = module.weight.detach().float()
-        start = time.perf_counter()
+        start = _clock(weight)
         exact = torch.linalg.svd(weight, full_matrices=False)[1]  # what PEFT's exact "pissa" runs
-        exact_s = time.perf_counter() - start
-        start = time.perf_counter()
+        exact_s = _clock(weight) - start
+        start = _clock(weight)
         fast = torch.svd_lowrank(weight, q=r, niter=niter)[1]
-        fast_s = time.perf_counter() - start
+        fast_s = _clock(weight) - start
         energy = float((exact ** 2).sum())
         rows.append({"weight": name.split(prefix, 1)[-1], "shape": "x".join(map(str, weight.shape)),
                      "top-r share, exact SVD": float((exact[:r] ** 2).sum()) / energy,

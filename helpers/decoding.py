@@ -58,8 +58,8 @@ def penalty_demo(records: list[dict], results_dir: Path | str, penalty: float = 
     record = saved_adapter(records, results_dir)
     if record is None:
         return LabFrame(pd.DataFrame({"note": [
-            f"no saved adapter in {results_dir} (the committed reference set has none): run notebook 02_lora_ranks "
-            "or 03_qlora, then this cell shows a trained run's answers with and without a repetition penalty"]}))
+            f"no saved adapter in {results_dir} (the committed reference set has none): run notebook 02_lora_ranks, "
+            "03_qlora or 04_lora_variants, then this cell shows a trained run's answers with and without a repetition penalty"]}))
     if not record.get("generations"):
         return LabFrame(pd.DataFrame({"note": [f"{record['run_id']} seed {record['seed']} stored no answers "
                                                "(the profile's generation_prompts is 0)"]}))

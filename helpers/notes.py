@@ -354,20 +354,24 @@ ANCHORS = {
             "accuracy vs LoRA r32 0.478, +26% time, +2.0 GiB peak; the DoRA paper: +3.7 points on commonsense tasks "
             "at LLaMA-7B, about 20% slower (up to 2x in peft #1474)",
     "rslora": "huggingface/peft method_comparison: rsLoRA r64 0.513 vs LoRA r64 0.474 accuracy; rsLoRA's scaling "
-              "matters at high rank (at r16 with alpha 16 it only multiplies the update by 4, which the swept "
-              "learning rate can absorb)",
+              "matters at high rank (with the lab's alpha 16 it multiplies LoRA's update by sqrt(r), 4 at r16, which the "
+              "swept learning rate can absorb)",
     "pissa": "PiSSA (Meng et al. 2024): adapters started from W's principal singular vectors converge faster than "
              "LoRA's zero-B start",
     "loraplus": "LoRA+ (Hayou et al. 2024; PEFT's docs): B at ~16x A's learning rate, up to 2x faster convergence",
 }
 
 
-def variant_notes(records: list[dict], rank: int = 16) -> list[str]:
-    """For each LoRA variant present at `rank` (run ids dora-r16, ...) with LoRA at that rank: its held-out
-    perplexity, how fast its training loss fell (the mean of the logged losses, same batches per seed), speed and
-    step-peak memory against LoRA's ("beats" only beyond noise), its extra trainable parameters and set-up time, and
-    the published anchor."""
+def variant_notes(records: list[dict], rank: int | None = None) -> list[str]:
+    """For each LoRA variant present at `rank` (run ids dora-r16, ...; None: every rank a variant was trained at) with
+    LoRA at that rank: its held-out perplexity, how fast its training loss fell (the mean of the logged losses, same
+    batches per seed), speed and step-peak memory against LoRA's ("beats" only beyond noise), its extra trainable
+    parameters and set-up time, and the published anchor."""
     runs = by_run(usable(records))
+    if rank is None:
+        ranks = sorted({int(run.rsplit("-r", 1)[1]) for run in runs
+                        if run.rsplit("-r", 1)[0] in ANCHORS and run.rsplit("-r", 1)[1].isdigit()})
+        return [note for r in ranks for note in variant_notes(records, r)]
     baseline = f"lora-r{rank}"
     present = [(f"{name}-r{rank}", anchor) for name, anchor in ANCHORS.items() if f"{name}-r{rank}" in runs]
     if not present:
@@ -440,8 +444,8 @@ def reading_notes(records: list[dict], directory: Path | str | None = None) -> l
     95% interval of the paired difference excludes zero. Each sentence needs only the runs it names."""
     where = f" in {directory}" if directory else ""
     if not records:
-        return [f"There are no valid results{where} yet. Run notebooks 01_full_finetune, 02_lora_ranks and 03_qlora "
-                "(each writes one results file per run and seed), then run this notebook again."]
+        return [f"There are no valid results{where} yet. Run notebooks 01_full_finetune, 02_lora_ranks, 03_qlora and "
+                "04_lora_variants (each writes one results file per run and seed), then run this notebook again."]
     notes = _notes_about_the_set(records)
     runs = by_run(usable(records))
     ppl = {run: interval(recs, MEASURES["perplexity after"]) for run, recs in runs.items()}

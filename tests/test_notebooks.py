@@ -52,11 +52,11 @@ def test_one_repository_url_everywhere():
 
 
 def test_readme_reference_table_is_the_committed_results():
-    from helpers.results import load_all
+    from helpers.results import RUN_ORDER, load_all
     from helpers.tables import markdown_table
     records, rejected = load_all(ROOT / "notebooks" / "reference_results")
     assert not rejected, rejected
-    runs = ["full", "lora-r8", "lora-r16", "lora-r32", "qlora"]
+    runs = list(RUN_ORDER)  # the five core runs and notebook 04's four variants
     assert [r["run_id"] for r in records] == [run for run in runs for _ in range(3)]
     assert all(sorted(r["seed"] for r in records if r["run_id"] == run) == [1, 2, 42] for run in runs), \
         "the reference set is LAB_SEEDS=3 make lab: three training seeds per run"

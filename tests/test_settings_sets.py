@@ -80,11 +80,11 @@ def test_05_compares_one_set_and_lists_the_others(tmp_path):
     results.write_atomic(demo, folder / STANDARD)
     loaded = results.load_or_reference(tmp_path)
     assert loaded.folder == tmp_path and loaded.reference is None and loaded.set_folder == tmp_path
-    assert len(loaded.records) == 15 and {r["training"]["steps"] for r in loaded.records} == {30}
+    assert len(loaded.records) == 27 and {r["training"]["steps"] for r in loaded.records} == {30}
     assert [found.id for found in loaded.others] == [demo["settings"]["id"]] and loaded.others[0].records == (demo,)
     report = notes.settings_report(loaded)
-    assert ("Comparing set " in report and "(profile cpu, standard settings): 5 runs (full, lora-r8, lora-r16, "
-            "lora-r32, qlora), 15 results files" in report)
+    assert ("Comparing set " in report and "(profile cpu, standard settings): 9 runs (full, lora-r8, lora-r16, "
+            "lora-r32, qlora, dora-r16, rslora-r16, pissa-r16, loraplus-r16), 27 results files" in report)
     assert (f"set {demo['settings']['id']} (profile cpu with MAX_STEPS = 2): 1 run (lora-r8), 1 results file, in "
             f"{folder}") in report
     assert f'SETTINGS_SET = "{demo["settings"]["id"]}"' in report

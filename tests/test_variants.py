@@ -135,6 +135,10 @@ def test_the_comparison_reads_each_variant_against_lora_r16():
     assert any(s.startswith("dora-r16 vs lora-r16") for s in notes.reading_notes(records))
     assert notes.variant_notes([r for r in records if r["run_id"] != "lora-r16"])[0].endswith(
         "which is missing (run notebook 02_lora_ranks).")
+    other_rank = seeds("lora-r8", [4.30, 4.31, 4.32], trainable=2_442_240) + seeds("rslora-r8", [4.3, 4.3, 4.3], "rslora",
+                                                                                 2_442_240)
+    assert [n.split(":")[0] for n in notes.variant_notes(records + other_rank)] == [
+        "rslora-r8 vs lora-r8", "dora-r16 vs lora-r16", "pissa-r16 vs lora-r16"], "every rank a variant trained at"
     frame = tables.summary_frame(records)
     assert list(frame.index) == ["lora-r16", "dora-r16", "pissa-r16"]
     assert list(frame["method"]) == ["lora", "lora + dora", "lora + pissa"]
