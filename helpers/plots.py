@@ -369,8 +369,10 @@ def _scatter_runs(ax: Axes, points: list[tuple[str, float, Interval | None]], xl
         twins = sum(1 for other in placed if near(x, other))
         placed.append(x)
         left = twins % 2 == 1
+        # on a light backdrop above the whiskers: runs with equal memory stack their error bars through the labels
         ax.annotate(run_id, (x, _point(y)), textcoords="offset points", xytext=(-8 if left else 8, 0),
-                    ha="right" if left else "left", va="center", fontsize=8)
+                    ha="right" if left else "left", va="center", fontsize=8, zorder=6,
+                    bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
 
 
 def perplexity_vs_params(records: list[dict], ax: Axes | None = None) -> Axes:
