@@ -292,7 +292,9 @@ def comparison_figure(records: list[dict], save_to: Path | None = None) -> Figur
         memory_panel(axes[1], records)
         _bars(axes[2], records, METRICS["tokens/s"])
         _perplexity_panel(axes[3], records)
-        fig.suptitle("Full fine-tuning vs LoRA vs QLoRA", fontsize=13, fontweight="bold")
+        variants = any(r.get("variant") for r in records)
+        fig.suptitle("Full fine-tuning vs LoRA vs QLoRA" + (", and LoRA's variants" if variants else ""), fontsize=13,
+                     fontweight="bold")
         fig.supxlabel(_subtitle(records), fontsize=9, color="#444444")
     if save_to is not None:
         save_figure(fig, Path(save_to))

@@ -159,4 +159,8 @@ def test_no_run_label_covers_another_on_the_reference_set(reference):
     fig = plots.pareto_figure(reference)
     assert sum(t.get_text() in plots.RUN_ORDER for ax in fig.axes for t in ax.texts) == 2 * len(plots.RUN_ORDER)
     assert run_labels_overlapping(fig) == []
-    assert run_labels_overlapping(plots.comparison_figure(reference)) == []
+    comparison = plots.comparison_figure(reference)
+    assert run_labels_overlapping(comparison) == []
+    assert comparison.get_suptitle() == "Full fine-tuning vs LoRA vs QLoRA, and LoRA's variants"
+    core = [r for r in reference if not r.get("variant")]
+    assert plots.comparison_figure(core).get_suptitle() == "Full fine-tuning vs LoRA vs QLoRA"
