@@ -135,7 +135,6 @@ def variant_checks(lab, records: list[dict], examples: int = 8) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(rows)
 
 
-@torch.no_grad()
 def _clock(tensor: torch.Tensor) -> float:
     """perf_counter once the work queued on the tensor's device is done (a GPU returns before its kernels finish)."""
     if tensor.is_cuda:
@@ -143,6 +142,7 @@ def _clock(tensor: torch.Tensor) -> float:
     return time.perf_counter()
 
 
+@torch.no_grad()
 def svd_init_check(model: torch.nn.Module, targets, r: int, niter: int, layer: int = 0) -> pd.DataFrame:
     """What PiSSA's fast SVD changes, on the adapted weights of decoder layer `layer`: the share of each weight's
     energy (squared singular values) in its top r directions found by the exact SVD (init_lora_weights="pissa")

@@ -15,13 +15,12 @@ import numpy as np
 from .formatting import decimals_for, format_bytes, format_count, format_interval, format_percent, format_ratio
 from .measures import (MEASURES, PARETO_PAIRS, Frontier, by_run, change, difference, flagged, flags, interval, mean,
                        mean_of, missing_runs, pareto, trained_tokens, usable)
-from .results import Loaded, record_skips_note
+from .results import VARIANT_RUNS, Loaded, record_skips_note
 from .statistics import Interval, compare_runs
 
 # Which notebook writes which run: a missing run is reported together with how to produce it.
 PRODUCED_BY = {"full": "01_full_finetune", "lora-r8": "02_lora_ranks", "lora-r16": "02_lora_ranks",
-               "lora-r32": "02_lora_ranks", "qlora": "03_qlora", "dora-r16": "04_lora_variants",
-               "rslora-r16": "04_lora_variants", "pissa-r16": "04_lora_variants", "loraplus-r16": "04_lora_variants"}
+               "lora-r32": "02_lora_ranks", "qlora": "03_qlora", **dict.fromkeys(VARIANT_RUNS, "04_lora_variants")}
 
 
 def _how_to_produce(run_ids: Iterable[str]) -> str:
@@ -369,8 +368,8 @@ def variant_notes(records: list[dict], rank: int | None = None) -> list[str]:
     parameters and set-up time, and the published anchor."""
     runs = by_run(usable(records))
     if rank is None:
-        ranks = sorted({int(run.rsplit("-r", 1)[1]) for run in runs
-                        if run.rsplit("-r", 1)[0] in ANCHORS and run.rsplit("-r", 1)[1].isdigit()})
+        split = [run.rpartition("-r") for run in runs]  # "dora-r16" -> ("dora", "-r", "16")
+        ranks = sorted({int(r) for name, _, r in split if name in ANCHORS and r.isdigit()})
         return [note for r in ranks for note in variant_notes(records, r)]
     baseline = f"lora-r{rank}"
     present = [(f"{name}-r{rank}", anchor) for name, anchor in ANCHORS.items() if f"{name}-r{rank}" in runs]

@@ -44,7 +44,9 @@ class Profile:
     def learning_rate(self, key: str) -> float:
         """The rate for a RunSpec's rate_key: "full", "lora", a LoRA variant's own where the profile has one (they
         were swept separately), else LoRA's (QLoRA trains the same adapters)."""
-        return self.learning_rates.get(key) or self.learning_rates["full" if key == "full" else "lora"]
+        from .specs import by_rate_key
+
+        return by_rate_key(self.learning_rates, key)
 
     def rate_for(self, spec) -> float:
         """The rate a RunSpec trains with: its own learning_rate, else this profile's for its rate_key."""

@@ -144,7 +144,7 @@ class RunSpec:
 
     @property
     def rate_key(self) -> str:
-        """The profile's learning_rates entry this spec trains with (Profile.learning_rate falls back to LoRA's)."""
+        """The profile's learning_rates entry this spec trains with (by_rate_key falls back to LoRA's)."""
         return self.variant or self.method
 
     def as_dict(self) -> dict[str, Any]:
@@ -199,6 +199,13 @@ def _rank_problem(r: object, label: str) -> tuple[str, str] | None:
         return (f"must be from 1 to {MAX_RANK} (typical: 8, 16, 32; rank 0 trains nothing)",
                 f"{label} = 16")
     return None
+
+
+def by_rate_key(table: dict, key: str):
+    """A table's entry for a RunSpec.rate_key (a profile's learning rates, the sweep's grids): the key's own, else
+    full's for full fine-tuning and LoRA's for the rest (QLoRA trains the same adapters; a variant without its own
+    entry takes LoRA's)."""
+    return table.get(key) or table["full" if key == "full" else "lora"]
 
 
 def check_rank(r: object, label: str = "RANK") -> int:
@@ -493,10 +500,10 @@ def from_run_id(run_id: str) -> RunSpec:
     for spec in known:
         if spec.run_id == text:
             return spec
-    for prefix, make in (("lora-r", lora), ("qlora-r", qlora), ("dora-r", dora), ("rslora-r", rslora),
-                         ("pissa-r", pissa), ("loraplus-r", loraplus)):
+    makers = {"lora": lora, "qlora": qlora, **VARIANT_MAKERS}
+    for prefix, make in ((f"{name}-r", make) for name, make in makers.items()):
         if text.startswith(prefix) and text[len(prefix):].isdigit():
             return make(int(text[len(prefix):]))
     raise SpecError(f"run id {run_id!r} is not one the lab knows.{did_you_mean(text, [s.run_id for s in known])} "
-                    "Fix: full, lora-r<rank> (e.g. lora-r8), qlora or qlora-r<rank>, or a variant: dora-r16, "
-                    "rslora-r16, pissa-r16, loraplus-r16.")
+                    "Fix: full, lora-r<rank> (e.g. lora-r8), qlora or qlora-r<rank>, or a variant: "
+                    f"{', '.join(s.run_id for s in known if s.variant)}.")

@@ -82,7 +82,7 @@ def run_recipe(setup: Setup, spec: specs.RunSpec, fixed_width: bool) -> StepTime
         data, collator = lab.data.train, DataCollatorForSeq2Seq(lab.tokenizer, padding="longest")
     args = TrainingArguments(
         output_dir=str(setup.output_dir), seed=lab.seeds[0], data_seed=lab.seeds[0], max_steps=profile.max_steps,
-        per_device_train_batch_size=profile.batch_size, learning_rate=profile.learning_rate(spec.rate_key),
+        per_device_train_batch_size=profile.batch_size, learning_rate=profile.rate_for(spec),
         lr_scheduler_type="linear", warmup_steps=profile.warmup_steps, max_grad_norm=1.0, weight_decay=0.0,
         optim="adamw_torch", bf16=False, fp16=False, use_cpu=True, save_strategy="no", report_to="none",
         logging_steps=profile.max_steps, disable_tqdm=True, dataloader_num_workers=0)

@@ -28,7 +28,7 @@ from ..environment import results_dir
 from ..evaluation import perplexity
 from ..results import write_json_atomic
 from ..runs import Lab, release
-from ..specs import RunSpec, from_run_id, full, lora, variant_runs
+from ..specs import RunSpec, by_rate_key, from_run_id, full, lora, variant_runs
 from ..training import build_base, make_trainer, train
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ SWEPT = (full(), lora(8), lora(32))
 
 
 def grid(spec: RunSpec, grids: dict[str, tuple[float, ...]] = GRIDS) -> tuple[float, ...]:
-    return grids.get(spec.rate_key) or grids["full" if spec.method == "full" else "lora"]
+    return by_rate_key(grids, spec.rate_key)
 
 
 def one_point(lab: Lab, spec: RunSpec, learning_rate: float, seed: int) -> dict:
