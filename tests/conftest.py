@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random Llama (fast, CPU) and the real bundled SmolLM2 tokenizer (pad == EOS)."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the unit tests never touch the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -68,16 +69,50 @@ def sft_prepared(tmp_path):
     return prepare
 
 
+# The notebooks' smoke runs: under `make test` they write to $LAB_RESULTS_DIR (read here, before any test can point it
+# elsewhere), and the modules that only need trained runs read them there instead of training their own.
+NOTEBOOK_RESULTS = os.environ.get("LAB_RESULTS_DIR")
+AFTER_THE_NOTEBOOKS = ("tests/test_adapters.py", "tests/test_export.py")
+# The other heavy files, longest first (their wall times in `make test` at fe7e3b8: 161, 53, 41, 37, 34, 32, 20, 17,
+# 17, 15 s): handed out first, so the two workers end together instead of one starting a long file near the end.
+LONGEST_FIRST = ("tests/test_runs.py", "tests/test_distributed.py", "tests/test_settings_sets.py",
+                 "tests/test_colab.py", "tests/test_sweep.py", "tests/test_isolation.py", "tests/test_training.py",
+                 "tests/test_hub.py", "tests/test_compare.py", "tests/test_own_data.py")
+
+
+@pytest.fixture(scope="session")
+def notebook_results(tmp_path_factory) -> Path:
+    """Where the notebooks wrote their smoke runs; without $LAB_RESULTS_DIR (a test file run alone) a folder of this
+    session's, where the first module that asks for a run trains it and the next reads it."""
+    return Path(NOTEBOOK_RESULTS) if NOTEBOOK_RESULTS else tmp_path_factory.mktemp("notebook-results")
+
+
+def scope(nodeid: str) -> str:
+    """The unit one worker runs whole, in order: a test file; the notebooks and the modules that read their runs."""
+    path = nodeid.split("::", 1)[0]
+    return "notebooks" if path.endswith(".ipynb") or path in AFTER_THE_NOTEBOOKS else path
+
+
+def pytest_collection_modifyitems(config, items):
+    """The notebooks first (05 reads what 01-04 wrote, 03 and 04 compare with 02's LoRA r16, 06 exports that run),
+    then the modules that read their runs, then the heaviest files; the rest in collection order."""
+    rank = {"notebooks": 0, **{path: k + 1 for k, path in enumerate(LONGEST_FIRST)}}
+    def key(item) -> tuple[int, bool]:
+        return rank.get(scope(item.nodeid), len(rank)), not item.nodeid.split("::", 1)[0].endswith(".ipynb")
+    items.sort(key=key)  # stable: collection order within each
+
+
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: only called under `pytest -n N` (make test)
 def pytest_xdist_make_scheduler(config, log):
-    """One test file per worker at a time, so a module's trained fixture is built once; and the notebooks as one
-    unit, in order: 05 reads what 01-04 wrote, 03 and 04 compare with 02's LoRA r16, and 06 exports that run. (xdist's own `loadgroup` marks do
-    not take effect under pytest 9.2, whose node ids xdist 3.8 can no longer rewrite.)"""
+    """One scope (above) per worker at a time, so a module's trained fixture is built once and the notebooks run in
+    order, handed out in the order pytest_collection_modifyitems leaves (xdist would reorder them by test count).
+    (xdist's own `loadgroup` marks do not take effect under pytest 9.2, whose node ids xdist 3.8 can no longer
+    rewrite.)"""
     from xdist.scheduler import LoadScopeScheduling
 
-    class ByFile(LoadScopeScheduling):
+    class ByScope(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return "notebooks" if path.endswith(".ipynb") else path
+            return scope(nodeid)
 
-    return ByFile(config, log)
+    config.option.loadscopereorder = False
+    return ByScope(config, log)

@@ -11,8 +11,9 @@ from helpers.results import read
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    lab = helpers.Lab("smoke", results=tmp_path_factory.mktemp("results"), max_steps=3)
+def trained(notebook_results):
+    """The smoke runs notebooks 02-04 trained (conftest runs this module after them): read, not trained again."""
+    lab = helpers.Lab("smoke", results=notebook_results)
     runs = (helpers.lora(8), helpers.lora(16), helpers.qlora(), specs.dora(), specs.pissa())  # + notebook 04's two
     records = {spec.run_id: lab.run(spec)[0] for spec in runs}
     return lab, records
@@ -103,7 +104,7 @@ def test_a_finished_run_is_skipped_and_a_changed_one_is_not(trained, capsys):
     assert time.perf_counter() - start < 2
     assert again == [read(lab.result_path("lora-r8", 42))]
     assert "skipped" in capsys.readouterr().out
-    other = helpers.Lab("smoke", results=lab.results_dir, max_steps=2)
+    other = helpers.Lab("smoke", results=lab.results_dir, max_steps=lab.profile.max_steps + 1)
     assert other.finished(helpers.lora(8), 42) is None  # another budget: the stored result is stale
 
 

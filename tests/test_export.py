@@ -13,8 +13,8 @@ from helpers.results import read
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    lab = helpers.Lab("smoke", results=tmp_path_factory.mktemp("results"), max_steps=3)
+def exported(notebook_results):
+    lab = helpers.Lab("smoke", results=notebook_results)  # notebooks 01 and 02 trained both runs: read, not trained again
     found = {}
     # LoRA in both kinds; full fine-tuning (the same writer, no adapter to merge) in F16: each read back costs ~11 s
     for spec, kinds in ((helpers.lora(16), ("f16", "q8_0")), (helpers.full(), ("f16",))):
