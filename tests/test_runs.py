@@ -95,8 +95,12 @@ def test_stale_or_damaged_results_are_run_again(lab, monkeypatch, capsys):
     assert lab.finished(spec, 42) is None, "another torch version is another run"
     monkeypatch.undo()
     weights = next(lab.artifact_path(record).glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:-10])
-    assert lab.finished(spec, 42) is None and "missing or damaged" in capsys.readouterr().out
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:-10])
+    try:
+        assert lab.finished(spec, 42) is None and "missing or damaged" in capsys.readouterr().out
+    finally:
+        weights.write_bytes(intact)  # the memory test below reads this run instead of training it again
 
 
 def test_a_diverged_run_writes_nothing(lab, monkeypatch):

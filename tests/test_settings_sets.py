@@ -125,8 +125,8 @@ def test_a_2_step_demo_leaves_the_30_step_result_byte_identical(tmp_path, capsys
     shutil.copy(REFERENCE / STANDARD, standard)  # an earlier standard run: 30 steps, profile cpu
     kept = standard.read_bytes()
     # The cpu profile with a 2-step budget (and a smoke-sized data set, so the test takes seconds)
-    demo = helpers.Lab("cpu", results=tmp_path, max_steps=2, warmup_steps=0, train_examples=8, eval_examples=6,
-                       max_length=128, generation_tokens=8, generation_prompts=1, forgetting_tokens=200,
+    demo = helpers.Lab("cpu", results=tmp_path, max_steps=2, warmup_steps=0, train_examples=8, eval_examples=3,
+                       max_length=128, batch_size=2, generation_tokens=8, generation_prompts=1, forgetting_tokens=200,
                        checkpoint_steps=0, validation_examples=0)
     record = demo.run(helpers.lora(8))[0]
     assert "beside the results" in capsys.readouterr().out
