@@ -34,7 +34,7 @@ lab: setup
 
 # make test: one worker per core (at most 4), one thread each: a smoke run is mostly single-threaded Python, so two
 # workers finish in a little over half the time, while 2 threads each would oversubscribe the cores. conftest.py keeps
-# each test file, and the five notebooks in order, on one worker.
+# each test file on one worker, and the notebooks in order with the tests that read their runs after them.
 test: setup
 	rm -rf results/smoke-test && mkdir -p results/smoke-test
 	OMP_NUM_THREADS=1 LAB_PROFILE=smoke LAB_RESULTS_DIR=$(CURDIR)/results/smoke-test \
