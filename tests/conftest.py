@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama (fast, CPU) and the real bundled SmolLM2 tokenizer (pad == EOS)."""
+"""Shared fixtures: a tiny random Llama (fast, CPU), the real bundled SmolLM2 tokenizer (pad == EOS) and the folder of
+the notebooks' smoke runs; the order and grouping of the tests under `make test`'s two workers."""
 
 import os
 from pathlib import Path
