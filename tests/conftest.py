@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny random Llama (fast, CPU), the real bundled SmolLM2 tokenizer (pad == EOS) and the folder of
-the notebooks' smoke runs; the order and grouping of the tests under `make test`'s two workers."""
+the notebooks' smoke runs; the order and grouping of the tests among `make test`'s workers."""
 
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the unit tests never touch the Hub
@@ -73,6 +74,7 @@ def sft_prepared(tmp_path):
 # The notebooks' smoke runs: under `make test` they write to $LAB_RESULTS_DIR (read here, before any test can point it
 # elsewhere), and the modules that only need trained runs read them there instead of training their own.
 NOTEBOOK_RESULTS = os.environ.get("LAB_RESULTS_DIR")
+SESSION_START = time.time()  # a file in that folder older than this was written by an earlier session's code
 AFTER_THE_NOTEBOOKS = ("tests/test_adapters.py", "tests/test_export.py")
 # The other heavy files, longest first (their wall times in `make test` at fe7e3b8: 161, 53, 41, 37, 34, 32, 20, 17,
 # 17, 15 s): handed out first, so the two workers end together instead of one starting a long file near the end.

@@ -109,7 +109,7 @@ def test_a_finished_run_is_skipped_and_a_changed_one_is_not(trained, capsys):
 
 
 def test_pissa_adapter_converted_for_the_original_base_reproduces_the_loss(trained):
-    """notebook 04's LoRA variants (trained in this module's fixture, beside LoRA and QLoRA)."""
+    """notebook 04's LoRA variants (its runs, read by this module's fixture beside LoRA and QLoRA)."""
     smoke_lab, records = trained
     record = records["pissa-r16"]
     assert adapters.saved_rank(smoke_lab, record) == 2 * specs.VARIANT_RANK, "trained - initial: a rank-2r adapter"

@@ -12,18 +12,23 @@ import helpers
 from helpers import export
 from helpers.results import read
 
+from conftest import SESSION_START
+
 
 @pytest.fixture(scope="module")
 def exported(notebook_results):
     """LoRA r16 in both kinds as notebook 06 exports it, and full fine-tuning (the same writer, no adapter to merge)
-    in F16. The runs are the notebooks' (01, 02), and LoRA's export is 06's own when it made those kinds (conftest
-    runs this module after the notebooks): read, not made again. Run alone, it trains and exports here."""
+    in F16. The runs are the notebooks' (01, 02), and LoRA's export is 06's own when this session's 06 made those
+    kinds (conftest runs this module after the notebooks): read, not made again. Run alone, it trains and exports
+    here."""
     lab = helpers.Lab("smoke", results=notebook_results)
     found = {}
     for spec, kinds in ((helpers.lora(16), ("f16", "q8_0")), (helpers.full(), ("f16",))):
         record = lab.run(spec)[0]
         made = record.get("export")
-        if made and all(kind in made for kind in kinds):
+        if made and all(kind in made for kind in kinds) and all(  # not an older session's files: older code wrote them
+                (lab.results_dir / made["folder"] / made[kind]["file"]).stat().st_mtime >= SESSION_START
+                for kind in kinds):
             found[spec.run_id] = (record, lab.results_dir / made["folder"], made)
         else:
             folder = export.export_folder(lab, record)
@@ -48,7 +53,7 @@ def test_the_file_read_back_is_the_merged_model(exported, run_id):
     # the merged model is the trained one: its perplexity is the one the run measured at the end of training
     assert result["merged_perplexity"] == pytest.approx(record["eval"]["perplexity_after"], rel=1e-5)
     # the F16 file is exactly the merged model rounded to float16: what the writer adds is nothing
-    assert result["f16"]["perplexity"] == pytest.approx(lab.evaluate(f16_rounded(lab, record))["perplexity"],
+    assert result["f16"]["perplexity"] == pytest.approx(export.scores(lab, f16_rounded(lab, record)).perplexity,
                                                         rel=1e-6)
     for kind in [k for k in export.KINDS if k in result]:
         got, bound = result[kind], export.BOUNDS[kind]
@@ -59,18 +64,19 @@ def test_the_file_read_back_is_the_merged_model(exported, run_id):
         assert got["widest_flipped_lead"] < 0.5, (kind, got)
         assert got["greedy_same"] <= got["prompts"] == lab.profile.generation_prompts
     assert saved_export_matches(lab, run_id, record, result)
+    f16 = result["f16"]
+    assert f16["agreement"] >= export.BOUNDS["f16"]["agreement"], f16
     if run_id == "full":
         # Rounding to F16 cost this 2-step model 0.16% perplexity on the smoke set's 292 positions, over the 0.1%
         # bound, and the cpu profile's 30-step full run 0.007% on its 10,145 (both rounded in torch, 2026-12-07):
         # the bound is for the lab's evaluation set. It is held here on LoRA r16, the run 06 exports.
         return
-    f16 = result["f16"]
-    assert f16["agreement"] >= export.BOUNDS["f16"]["agreement"] and f16["within_bounds"], f16
+    assert f16["within_bounds"], f16
     # Q8_0 is held to >= 99% agreement and does not always reach it on this 135M model: 98.97% of the smoke set's 292
     # positions and 98.51% of the cpu profile's 10,145 (2026-12-07), every flip at a near tie. The test keeps a floor
     # that catches a broken file (a wrong permutation or scale gives agreement near chance) and the flag's honesty.
     q8 = result["q8_0"]
-    assert q8["agreement"] >= 0.97
+    assert q8["agreement"] >= 0.97 and abs(q8["perplexity_gap"]) <= export.BOUNDS["q8_0"]["perplexity"], q8
     # Q8_0 holds a weight in 8.5 bits, F16 in 16: about half the file, and a larger perplexity gap
     assert 0.45 < result["q8_0"]["bytes"] / result["f16"]["bytes"] < 0.6
     assert abs(result["f16"]["perplexity_gap"]) < abs(result["q8_0"]["perplexity_gap"])
