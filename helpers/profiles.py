@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from .environment import PROFILE_ENV, SEEDS_ENV, hub_offline
+from .specs import by_rate_key
 
 
 class ProfileError(ValueError):
@@ -44,8 +45,6 @@ class Profile:
     def learning_rate(self, key: str) -> float:
         """The rate for a RunSpec's rate_key: "full", "lora", a LoRA variant's own where the profile has one (they
         were swept separately), else LoRA's (QLoRA trains the same adapters)."""
-        from .specs import by_rate_key
-
         return by_rate_key(self.learning_rates, key)
 
     def rate_for(self, spec) -> float:
